@@ -1,0 +1,27 @@
+"""One module per model; `load_configs` builds them all, for main.py and for our server alike."""
+
+from __future__ import annotations
+
+from monailabel.interfaces.config import TaskConfig
+
+from .segmentation_spleen import SegmentationSpleenConfig
+
+CONFIGS: dict[str, type[TaskConfig]] = {
+    "segmentation_spleen": SegmentationSpleenConfig,
+}
+
+
+def load_configs(model_dir: str, conf: dict[str, str] | None = None) -> dict[str, TaskConfig]:
+    """Initialise every model config (all, or those named in conf['models'], comma separated)."""
+    conf = conf or {}
+    wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
+    names = list(CONFIGS) if wanted == ["all"] else wanted
+    unknown = sorted(set(names) - set(CONFIGS))
+    if unknown:
+        raise ValueError(f"Unknown model(s) {unknown}; this app has {sorted(CONFIGS)}")
+    configs = {}
+    for name in names:
+        config = CONFIGS[name]()
+        config.init(name, model_dir, conf, None)
+        configs[name] = config
+    return configs

@@ -1,0 +1,3 @@
+from .segmentation_spleen import SegmentationSpleen
+
+__all__ = ["SegmentationSpleen"]

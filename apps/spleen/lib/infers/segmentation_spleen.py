@@ -1,0 +1,66 @@
+"""Automatic spleen segmentation: whole volume, sliding window at a 3 mm working spacing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import (
+    AsDiscreted,
+    EnsureTyped,
+    KeepLargestConnectedComponentd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lib.transforms import LoadImageOrTensord
+
+# Shared with the trainer so training and inference see the same intensities and grid.
+TARGET_SPACING = (3.0, 3.0, 3.0)
+CT_WINDOW = (-160.0, 240.0)
+ROI_SIZE = (96, 96, 96)
+
+
+def preprocessing(keys=("image",), modes=("bilinear",)) -> list[Callable]:
+    """Orientation, spacing and CT window, the pipeline's grid-changing part (inverted afterwards)."""
+    return [
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=TARGET_SPACING, mode=modes),
+        ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+        EnsureTyped(keys="image", dtype="float32"),
+    ]
+
+
+class SegmentationSpleen(BasicInferTask):
+    """Spleen CT segmentation; the logits are resampled back to the input grid before the argmax."""
+
+    def __init__(self, path, network, labels=("spleen",), description="Automatic spleen segmentation (CT)", **kwargs):
+        super().__init__(
+            path=path,
+            network=network,
+            type=InferType.SEGMENTATION,
+            labels={name: i + 1 for i, name in enumerate(labels)},
+            dimension=3,
+            description=description,
+            roi_size=ROI_SIZE,
+            **kwargs,
+        )
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [LoadImageOrTensord(keys="image"), *preprocessing()]
+
+    def inferer(self, data=None) -> Inferer:
+        return SlidingWindowInferer(roi_size=ROI_SIZE, sw_batch_size=1, overlap=0.25, mode="gaussian")
+
+    def inverse_transforms(self, data=None):
+        return []  # every invertible pre-transform (Orientationd, Spacingd), on the logits
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            AsDiscreted(keys="pred", argmax=True),
+            KeepLargestConnectedComponentd(keys="pred", applied_labels=[1]),
+            EnsureTyped(keys="pred", dtype="uint8", data_type="numpy"),
+        ]

@@ -1,0 +1,3 @@
+from .transforms import LoadImageOrTensord
+
+__all__ = ["LoadImageOrTensord"]

@@ -1,0 +1,55 @@
+"""The Flask application factory: settings in, a WSGI app with its blueprints and JSON errors out."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .blueprints import inference, ops
+from .errors import ApiError
+from .registry import ModelRegistry, load_app_models
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> Flask:
+    """Build the app; the registry is loaded from `settings` unless one is given (tests)."""
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
+    if registry is None:
+        registry = ModelRegistry(settings.model_repo, load_app_models(settings.app_dir, settings.app_models))
+    app.extensions["aiaa.registry"] = registry
+    app.register_blueprint(inference.bp)
+    app.register_blueprint(ops.bp)
+    register_error_handlers(app)
+    return app
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error leaves as the contract's JSON body: {"error": {"type", "message"}, "success": false}."""
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError):
+        logger.info("%s %s: %s", error.status, error.type, error.message)
+        return jsonify(error.to_json()), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        message = error.description or error.name
+        if isinstance(error, RequestEntityTooLarge):
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"The upload is too large; this server accepts at most {limit / 1024**2:.0f} MB."
+        body = ApiError(message, status=error.code, type=error.name.replace(" ", "")).to_json()
+        return jsonify(body), error.code
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception):
+        logger.exception("unhandled error")
+        body = ApiError(f"Internal server error ({type(error).__name__}); see the server log.").to_json()
+        return jsonify(body), 500

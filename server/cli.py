@@ -1,0 +1,109 @@
+"""`aiaa`: serve the API, train the app's models, write phantoms."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+logger = logging.getLogger("aiaa")
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Start the production WSGI server (waitress) with the app's default models."""
+    import torch
+    import waitress
+
+    from .app import create_app
+    from .logs import configure_logging
+
+    settings = Settings(
+        host=args.host,
+        port=args.port,
+        model_repo=args.model_repo,
+        app_dir=args.app_dir,
+        app_models=args.models,
+        log_dir=args.log_dir,
+        threads=args.threads,
+    )
+    log_file = configure_logging(settings.log_dir)
+    torch.set_num_threads(os.cpu_count() or 1)
+    app = create_app(settings)
+    logger.info("AIAA server on http://%s:%d (model repo %s, log %s)", settings.host, settings.port,
+                settings.model_repo.resolve(), log_file.resolve())
+    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="aiaa")
+
+
+def train(args: argparse.Namespace) -> None:
+    """Train one of the app's models and store its weights in the app's model folder."""
+    app_dir = Path(args.app_dir).resolve()
+    sys.path.insert(0, str(app_dir))
+    from lib.trainers import TRAINERS
+
+    if args.model not in TRAINERS:
+        raise SystemExit(f"unknown model '{args.model}'; trainable: {', '.join(TRAINERS)}")
+    output = Path(args.output) if args.output else app_dir / "model" / f"{args.model}.pt"
+    logging.basicConfig(level=logging.WARNING)
+    report = TRAINERS[args.model](
+        output, data_dir=args.data, epochs=args.epochs, steps_per_epoch=args.steps, seed=args.seed
+    )
+    print(f"best validation Dice {report['best_val_dice']:.4f} after {report['epochs']} epochs "
+          f"in {report['seconds']} s -> {output}")
+
+
+def phantom(args: argparse.Namespace) -> None:
+    """Write a synthetic CT phantom (image + label) for trying the server out."""
+    from .phantoms import make_phantom, write_phantom
+
+    ph = make_phantom(args.seed, size=tuple(args.size), spacing=tuple(args.spacing), orientation=args.orientation)
+    image, label = write_phantom(ph, Path(args.out), stem=f"phantom{args.seed}", extension=args.format)
+    print(f"{image}\n{label}")
+
+
+def parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    top = argparse.ArgumentParser(prog="aiaa", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="serve the AIAA API")
+    p.add_argument("--host", default=defaults.host)
+    p.add_argument("--port", type=int, default=defaults.port)
+    p.add_argument("--model-repo", default=str(defaults.model_repo), help="model repository folder")
+    p.add_argument("--app-dir", default=str(defaults.app_dir), help="the MONAI Label app whose models to serve")
+    p.add_argument("--models", default=defaults.app_models, help="the app's models to serve (comma separated)")
+    p.add_argument("--log-dir", default=str(defaults.log_dir))
+    p.add_argument("--threads", type=int, default=defaults.threads, help="request worker threads")
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("train", help="train one of the app's models")
+    p.add_argument("model")
+    p.add_argument("--data", type=Path, help="MSD Task09-style folder (default: synthetic phantoms)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", help="weights file (default: the app's model folder)")
+    p.add_argument("--app-dir", default=str(defaults.app_dir))
+    p.set_defaults(func=train)
+
+    p = commands.add_parser("phantom", help="write a synthetic CT phantom and its labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=3, default=(112, 96, 64))
+    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0))
+    p.add_argument("--orientation", default="RAS")
+    p.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
+    p.add_argument("--out", default=".")
+    p.set_defaults(func=phantom)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

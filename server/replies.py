@@ -1,0 +1,53 @@
+"""Result replies as the AIAA clients parse them: multipart built whole, with Content-Length.
+
+The Python client hands the raw socket to its multipart parser, so the body is never chunked and
+never gzip-encoded; a `params` part without filename comes first, then the mask part.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response
+from requests_toolbelt import MultipartEncoder
+
+from .errors import BadRequest
+from .imageio import encode_mask
+
+OUTPUTS = ("multipart", "image", "json")
+
+
+def result_reply(params: dict, mask_bytes: bytes | None, filename: str, output: str | None = None) -> Response:
+    """`output=image` → the bare file, `output=json` → the params only, otherwise the multipart."""
+    output = output or "multipart"
+    if output not in OUTPUTS:
+        raise BadRequest(f"Unknown output '{output}': use output=image or output=json (or leave it out).")
+    if output == "json":
+        return Response(json.dumps(params), mimetype="application/json")
+    if output == "image":
+        if mask_bytes is None:
+            raise BadRequest("This model returns no image; ask for output=json.")
+        return Response(
+            mask_bytes,
+            mimetype="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    fields = {"params": (None, json.dumps(params), "application/json")}
+    if mask_bytes is not None:
+        fields["image"] = (filename, mask_bytes, "application/octet-stream")
+    encoder = MultipartEncoder(fields=fields)
+    body = encoder.to_string()
+    return Response(body, content_type=encoder.content_type, headers={"Content-Length": str(len(body))})
+
+
+def mask_reply(mask, reference, result: dict, params: dict, output: str | None = None) -> Response:
+    """Encode the mask on the reference grid with the request's writer options, then reply."""
+    extension = params.get("result_extension") or ".nii.gz"
+    mask_bytes = encode_mask(
+        mask,
+        reference,
+        extension=extension,
+        dtype=params.get("result_dtype") or "uint8",
+        compress=bool(params.get("result_compress", True)),
+    )
+    return result_reply(result, mask_bytes, f"result{extension}", output)

@@ -1,0 +1,27 @@
+"""Every server setting in one object, filled from the CLI (or a test) and handed to `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 5000
+    model_repo: Path = field(default_factory=lambda: Path("model_repo"))
+    app_dir: Path = REPO_ROOT / "apps" / "spleen"
+    app_models: str = "all"  # which of the app's models to serve (comma separated names)
+    log_dir: Path = field(default_factory=lambda: Path("logs"))
+    threads: int = 8  # waitress worker threads
+    max_upload_bytes: int = 2 * 1024**3
+    max_image_voxels: int = 1024**3 // 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.model_repo = Path(self.model_repo)
+        self.app_dir = Path(self.app_dir)
+        self.log_dir = Path(self.log_dir)

@@ -1,0 +1,80 @@
+"""Shared fixtures: a real server process on a free loopback port, and the real-data folder."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+STARTUP_TIMEOUT_S = 120
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+    log_dir: Path
+    model_repo: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(tmp: Path, *extra: str) -> LiveServer:
+    """Run `aiaa serve` as a child process; return once waitress says it is serving."""
+    port = free_port()
+    log_dir, model_repo = tmp / "logs", tmp / "model_repo"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--model-repo", str(model_repo), "--log-dir", str(log_dir), *extra],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    serving = threading.Event()
+    lines: list[str] = []
+
+    def watch() -> None:  # the server's stderr: readiness, and kept for failure reports
+        for line in process.stderr:
+            lines.append(line)
+            if "Serving on" in line:
+                serving.set()
+        serving.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    if not serving.wait(STARTUP_TIMEOUT_S) or process.poll() is not None:
+        process.kill()
+        raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
+    return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo)
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real CT data not present at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,131 @@
+"""End to end through a real server process: phantoms in many orientations and formats go in, the
+spleen mask comes back on exactly the input grid, integer typed and accurate."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from requests_toolbelt.multipart.decoder import MultipartDecoder
+from server.imageio import write_dicom_series
+from server.phantoms import LABELS, make_phantom, write_phantom
+
+MODEL = "segmentation_spleen"
+MIN_DICE = 0.85
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def segment(url: str, files: list[tuple[str, tuple[str, bytes]]], params: dict | None = None) -> requests.Response:
+    data = {"params": json.dumps(params or {})}
+    return requests.post(f"{url}/v1/segmentation", params={"model": MODEL}, files=files, data=data, timeout=300)
+
+
+def parse_result(reply: requests.Response) -> tuple[dict, str, bytes]:
+    """Check the multipart shape the AIAA clients rely on; return params, file name and file bytes."""
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Content-Length"] == str(len(reply.content))
+    assert "chunked" not in reply.headers.get("Transfer-Encoding", "")
+    parts = MultipartDecoder(reply.content, reply.headers["Content-Type"]).parts
+    assert len(parts) == 2
+    params_disp = parts[0].headers[b"Content-Disposition"].decode()
+    file_disp = parts[1].headers[b"Content-Disposition"].decode()
+    assert 'name="params"' in params_disp and "filename" not in params_disp
+    assert "filename=" in file_disp
+    filename = file_disp.split('filename="')[1].split('"')[0]
+    return json.loads(parts[0].content), filename, parts[1].content
+
+
+def read_mask(data: bytes, filename: str, tmp_path: Path) -> sitk.Image:
+    path = tmp_path / filename
+    path.write_bytes(data)
+    return sitk.ReadImage(str(path))
+
+
+def assert_same_grid(mask: sitk.Image, reference: sitk.Image) -> None:
+    assert mask.GetSize() == reference.GetSize()
+    assert mask.GetSpacing() == pytest.approx(reference.GetSpacing(), abs=1e-6)
+    assert mask.GetOrigin() == pytest.approx(reference.GetOrigin(), abs=1e-5)
+    assert mask.GetDirection() == pytest.approx(reference.GetDirection(), abs=1e-6)
+
+
+def to_ijk(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("orientation", "extension", "size", "spacing"),
+    [
+        ("RAS", ".nii.gz", (112, 96, 64), (3.0, 3.0, 3.0)),
+        ("LPS", ".nrrd", (160, 128, 48), (2.2, 2.2, 4.0)),
+        ("LAS", ".nii", (120, 100, 72), (2.8, 2.9, 2.5)),
+        ("oblique", ".nii.gz", (112, 96, 64), (3.0, 3.0, 3.0)),
+        ("oblique", ".mha", (96, 84, 56), (3.5, 3.5, 3.5)),
+    ],
+)
+def test_phantom_volume_files(live_server, tmp_path, orientation, extension, size, spacing):
+    phantom = make_phantom(1000 + len(orientation), size=size, spacing=spacing, orientation=orientation)
+    image_path, _ = write_phantom(phantom, tmp_path, extension=extension)
+    sent = sitk.ReadImage(str(image_path))
+    windows_name = "C:\\Users\\dr\\studies\\" + image_path.name  # clients send full, even Windows, paths
+    params, filename, data = parse_result(
+        segment(live_server.url, [("datapoint", (windows_name, image_path.read_bytes()))])
+    )
+    mask = read_mask(data, filename, tmp_path)
+    assert filename == "result.nii.gz"
+    assert_same_grid(mask, sent)
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    truth = to_ijk(phantom.label) == LABELS["spleen"]
+    assert dice(to_ijk(mask), truth) >= MIN_DICE
+    assert params["label_names"] == {"spleen": 1}
+    assert len(params["points"]) == 6 and all(len(p) == 3 for p in params["points"])
+    (x0, y0, z0), (x1, y1, z1) = params["bbox"]
+    fg = np.argwhere(to_ijk(mask) > 0)
+    assert [x0, y0, z0] == fg.min(0).tolist() and [x1, y1, z1] == fg.max(0).tolist()
+
+
+@pytest.mark.parametrize("orientation", ["LPS", "oblique"])
+@pytest.mark.parametrize("packaging", ["parts", "zip"])
+def test_phantom_dicom_series(live_server, tmp_path, orientation, packaging):
+    phantom = make_phantom(2000, size=(112, 96, 48), spacing=(3.0, 3.0, 4.0), orientation=orientation)
+    files = write_dicom_series(phantom.image, tmp_path / "dicom")
+    if packaging == "zip":
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for f in files:
+                archive.write(f, f"series/{f.name}")
+        upload = [("datapoint", ("series.zip", buffer.getvalue()))]
+    else:
+        upload = [(f"image{i}", (f.name, f.read_bytes())) for i, f in enumerate(files)]
+    params, filename, data = parse_result(segment(live_server.url, upload, {"result_extension": ".nrrd"}))
+    assert filename == "result.nrrd"
+    mask = read_mask(data, filename, tmp_path)
+    assert_same_grid(mask, phantom.image)
+    assert dice(to_ijk(mask), to_ijk(phantom.label) == LABELS["spleen"]) >= MIN_DICE
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["totalseg/example_ct.nii.gz", "totalseg/example_ct_sm.nii.gz"])
+def test_real_ct_nifti_round_trip(live_server, shared_data, tmp_path, name):
+    path = shared_data / name
+    _, filename, data = parse_result(segment(live_server.url, [("datapoint", (path.name, path.read_bytes()))]))
+    assert_same_grid(read_mask(data, filename, tmp_path), sitk.ReadImage(str(path)))
+
+
+@pytest.mark.realdata
+def test_real_ct_dicom_round_trip(live_server, shared_data, tmp_path):
+    files = sorted((shared_data / "totalseg" / "example_ct_dicom").iterdir())
+    upload = [(f"image{i}", (f.name, f.read_bytes())) for i, f in enumerate(files)]
+    _, filename, data = parse_result(segment(live_server.url, upload))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(files[0].parent)))
+    assert_same_grid(read_mask(data, filename, tmp_path), reader.Execute())
