@@ -82,3 +82,4 @@ def test_models_listing(live_server):
     assert requests.get(f"{live_server.url}/v1/models", params={"type": "deepgrow2d"}, timeout=10).json() == []
     unknown = requests.get(f"{live_server.url}/v1/models", params={"model": "nope"}, timeout=10)
     assert unknown.status_code == 404 and unknown.json()["success"] is False
+    assert unknown.headers["Server"] == "aiaa"  # waitress (ident=aiaa), not the Flask dev server
