@@ -26,7 +26,7 @@ def run_model(model: ServedModel, image: sitk.Image, params: dict, device: str =
         mask = mask[0]
     if mask.shape != tuple(image.GetSize()):
         raise RuntimeError(f"model '{model.name}' returned a {mask.shape} mask for a {image.GetSize()} image")
-    result = describe_mask(mask)
+    result = {**data.get(model.task.output_json_key, {}), **describe_mask(mask)}
     result["label_names"] = {name: i + 1 for i, name in enumerate(model.labels)}
     result["latencies"] = {"infer": round(time.perf_counter() - started, 3)}
     return mask, result

@@ -52,6 +52,7 @@ class ServedModel:
             "engine": "torch",
             "source": self.source,
             "status": "ready",
+            **getattr(self.task, "model_info", {}),
         }
 
 
@@ -65,7 +66,8 @@ def load_app_models(app_dir: Path, models: str = "all") -> list[ServedModel]:
     for name, config in configs.load_configs(str(app_dir / "model"), {"models": models}).items():
         task = config.infer()
         if not task.is_valid():
-            raise FileNotFoundError(f"Model '{name}' has no weights at {task.path}; run `aiaa train {name}`")
+            logger.warning("not serving '%s': no weights at %s (run `aiaa train %s`)", name, task.path, name)
+            continue
         served.append(ServedModel(name=name, task=task, source="app"))
     return served
 

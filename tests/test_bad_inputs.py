@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+
 from server.phantoms import make_phantom, write_phantom
 
 MODEL = "segmentation_spleen"

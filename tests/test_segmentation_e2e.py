@@ -13,6 +13,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 from requests_toolbelt.multipart.decoder import MultipartDecoder
+
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
 

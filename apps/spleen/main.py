@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-from lib.configs import load_configs
 from monailabel.interfaces.app import MONAILabelApp
+
+from lib.configs import load_configs
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 from ..errors import BadRequest, SessionExpired
 from ..imageio import require_3d
 from ..inference import run_model
+from ..points import parse_points
 from ..registry import ModelRegistry
 from ..replies import mask_reply
 from ..uploads import read_uploaded_image, request_params
@@ -37,18 +38,44 @@ def list_models():
     return jsonify(models)
 
 
-@bp.post("/v1/segmentation")
-def segmentation():
+def infer(op: str, model_type: str, task_inputs=lambda params, image: {}):
+    """What every inference endpoint does: model, params, image, the task, the reply.
+
+    `task_inputs(params, image)` turns the request's params into the task's validated inputs.
+    """
     model = registry().get(request.args.get("model"))
-    if model.type != "segmentation":
-        raise BadRequest(
-            f"Model '{model.name}' is a {model.type} model; /v1/segmentation needs a segmentation model."
-        )
+    if model.type != model_type:
+        raise BadRequest(f"Model '{model.name}' is a {model.type} model; /v1/{op} needs a {model_type} model.")
     if request.args.get("session_id"):
         raise SessionExpired(f"Session '{request.args['session_id']}' is unknown or expired; upload the image again.")
     params = request_params(request)
-    image = read_uploaded_image(request, current_app.config["SETTINGS"].max_image_voxels)
+    settings = current_app.config["SETTINGS"]
+    image = read_uploaded_image(request, settings.max_image_voxels)
     if model.task.dimension == 3:
         require_3d(image, model.name)
-    mask, result = run_model(model, image, params, device=current_app.config["SETTINGS"].device)
+    mask, result = run_model(model, image, task_inputs(params, image), device=settings.device)
     return mask_reply(mask, image, result, params, request.args.get("output"))
+
+
+@bp.post("/v1/segmentation")
+def segmentation():
+    return infer("segmentation", "segmentation")
+
+
+@bp.post("/v1/dextr3d")
+def dextr3d():
+    def extreme_points(params: dict, image) -> dict:
+        return {"points": parse_points(params, "points", image.GetSize(), min_count=6)}
+
+    return infer("dextr3d", "annotation", extreme_points)
+
+
+@bp.post("/v1/deepgrow")
+def deepgrow():
+    def clicks(params: dict, image) -> dict:
+        return {
+            "foreground": parse_points(params, "foreground", image.GetSize(), min_count=1),
+            "background": parse_points(params, "background", image.GetSize()),
+        }
+
+    return infer("deepgrow", "deepgrow", clicks)

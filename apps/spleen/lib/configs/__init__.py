@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from monailabel.interfaces.config import TaskConfig
 
+from .deepgrow_3d import DeepGrow3DConfig
+from .extreme_points import ExtremePointsConfig
 from .segmentation_spleen import SegmentationSpleenConfig
 
 CONFIGS: dict[str, type[TaskConfig]] = {
     "segmentation_spleen": SegmentationSpleenConfig,
+    "deepgrow_3d": DeepGrow3DConfig,
+    "extreme_points": ExtremePointsConfig,
 }
 
 

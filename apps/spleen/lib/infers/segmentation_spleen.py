@@ -16,7 +16,7 @@ from monai.transforms import (
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.transforms import LoadImageOrTensord
+from lib.transforms import LoadImageOrTensord, RestoreGeometryd
 
 # Shared with the trainer so training and inference see the same intensities and grid.
 TARGET_SPACING = (3.0, 3.0, 3.0)
@@ -37,12 +37,12 @@ def preprocessing(keys=("image",), modes=("bilinear",)) -> list[Callable]:
 class SegmentationSpleen(BasicInferTask):
     """Spleen CT segmentation; the logits are resampled back to the input grid before the argmax."""
 
-    def __init__(self, path, network, labels=("spleen",), description="Automatic spleen segmentation (CT)", **kwargs):
+    def __init__(self, path, network, description="Automatic spleen segmentation (CT)", **kwargs):
         super().__init__(
             path=path,
             network=network,
             type=InferType.SEGMENTATION,
-            labels={name: i + 1 for i, name in enumerate(labels)},
+            labels={"spleen": 1},
             dimension=3,
             description=description,
             roi_size=ROI_SIZE,
@@ -63,4 +63,5 @@ class SegmentationSpleen(BasicInferTask):
             AsDiscreted(keys="pred", argmax=True),
             KeepLargestConnectedComponentd(keys="pred", applied_labels=[1]),
             EnsureTyped(keys="pred", dtype="uint8", data_type="numpy"),
+            RestoreGeometryd(keys="pred"),
         ]

@@ -1,3 +1,19 @@
-from .transforms import LoadImageOrTensord
+from .transforms import (
+    CropAroundPointsd,
+    LoadImageOrTensord,
+    PasteCropd,
+    PointHeatmapsd,
+    RestoreGeometryd,
+    crop_box,
+    point_heatmap,
+)
 
-__all__ = ["LoadImageOrTensord"]
+__all__ = [
+    "CropAroundPointsd",
+    "LoadImageOrTensord",
+    "PasteCropd",
+    "PointHeatmapsd",
+    "RestoreGeometryd",
+    "crop_box",
+    "point_heatmap",
+]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
+from monai.utils import ensure_tuple_rep
+
+ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 
 
 class LoadImageOrTensord(MapTransform):
@@ -27,8 +32,146 @@ class LoadImageOrTensord(MapTransform):
             if isinstance(value, MetaTensor):
                 if value.ndim != 4:
                     raise ValueError(f"'{key}' must be a channel-first 3D MetaTensor, got shape {tuple(value.shape)}")
-                continue
-            if isinstance(value, torch.Tensor):
+            elif isinstance(value, torch.Tensor):
                 raise ValueError(f"'{key}' must be a path or a MetaTensor carrying its affine")
-            d[key] = self.loader(value)
+            else:
+                d[key] = self.loader(value)
+            d[f"{key}_{ORIGINAL_AFFINE}"] = d[key].affine.clone()
+        return d
+
+
+class RestoreGeometryd(MapTransform):
+    """Last post-transform: a channel-less mask plus the input's load-time affine in `<key>_meta_dict`.
+
+    Stock MONAI Label's `Writer` takes the output geometry from there; our server ignores it and writes
+    on the decoded input's own grid.
+    """
+
+    def __init__(self, keys="pred", ref_image: str = "image"):
+        super().__init__(keys)
+        self.ref_image = ref_image
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = np.asarray(d[key])
+            d[key] = mask[0] if mask.ndim == 4 else mask
+            d[f"{key}_meta_dict"] = {"affine": d[f"{self.ref_image}_{ORIGINAL_AFFINE}"]}
+        return d
+
+
+def crop_box(
+    points: np.ndarray, shape: Sequence[int], spacing: Sequence[float], padding_mm: float, min_size_mm: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) voxel box around `points` (N×3, [i, j, k]): their extent plus `padding_mm` on each
+    side, at least `min_size_mm` wide, shifted (not shrunk) to stay inside the image where it fits."""
+    shape = np.asarray(shape, dtype=int)
+    spacing = np.asarray(spacing, dtype=float)
+    low, high = points.min(0), points.max(0)
+    size = np.maximum(high - low + 1 + 2 * padding_mm / spacing, min_size_mm / spacing)
+    size = np.minimum(np.ceil(size).astype(int), shape)
+    start = np.round((low + high) / 2 - size / 2).astype(int)
+    start = np.clip(start, 0, shape - size)
+    return start, start + size
+
+
+class CropAroundPointsd(MapTransform):
+    """Crop `keys` to the box around the points of `box_points` and resample the crop to `roi_size`.
+
+    The click and extreme-point models work on this crop, not on the whole volume. Every points key in
+    `points_keys` ([[i, j, k], ...] of the full image) is mapped into the resampled crop; the box and the
+    full image shape are kept (`crop_box`, `image_shape`) so `PasteCropd` can put the mask back.
+    """
+
+    def __init__(
+        self,
+        keys,
+        box_points: Sequence[str],
+        points_keys: Sequence[str],
+        roi_size: Sequence[int],
+        padding_mm: float,
+        min_size_mm: float = 0.0,
+        modes: Sequence[str] = ("trilinear",),
+    ):
+        super().__init__(keys)
+        self.box_points, self.points_keys = tuple(box_points), tuple(points_keys)
+        self.roi_size = tuple(int(s) for s in roi_size)
+        self.padding_mm, self.min_size_mm = float(padding_mm), float(min_size_mm)
+        self.modes = ensure_tuple_rep(modes, len(self.keys))
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        reference = d[self.keys[0]]
+        shape = tuple(reference.shape[1:])
+        spacing = np.asarray(reference.pixdim, dtype=float)[:3]
+        points = np.concatenate([np.asarray(d[k], dtype=float).reshape(-1, 3) for k in self.box_points])
+        start, end = crop_box(points, shape, spacing, self.padding_mm, self.min_size_mm)
+        scale = np.asarray(self.roi_size) / (end - start)
+        for key, mode in zip(self.key_iterator(d), self.modes, strict=False):
+            crop = torch.as_tensor(d[key])[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
+            d[key] = F.interpolate(crop[None].float(), size=self.roi_size, mode=mode)[0]
+        for key in self.points_keys:
+            p = np.asarray(d.get(key) or [], dtype=float).reshape(-1, 3)
+            mapped = ((p - start + 0.5) * scale - 0.5).round().clip(0, np.asarray(self.roi_size) - 1)
+            d[key] = mapped.astype(int).tolist()
+        d["crop_box"] = (start.tolist(), end.tolist())
+        d["image_shape"] = list(shape)
+        return d
+
+
+class PasteCropd(MapTransform):
+    """Resample the crop's logits back to the box size, take the argmax and paste it into a full-size mask.
+
+    Works in uint8 outside the box, so a click never allocates a full-size float volume. Adds the box
+    as AIAA's `crop` ([[i0, i1], [j0, j1], [k0, k1]], end exclusive) to the result JSON.
+    """
+
+    def __init__(self, keys="pred", result_key: str = "result"):
+        super().__init__(keys)
+        self.result_key = result_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        start, end = (np.asarray(v) for v in d["crop_box"])
+        mask = np.zeros(d["image_shape"], dtype=np.uint8)
+        for key in self.key_iterator(d):
+            logits = torch.as_tensor(d[key]).float()
+            logits = F.interpolate(logits[None], size=tuple(int(s) for s in end - start), mode="trilinear")[0]
+            mask[start[0] : end[0], start[1] : end[1], start[2] : end[2]] = logits.argmax(0).numpy().astype(np.uint8)
+            d[key] = mask[None]
+        crop = [[int(s), int(e)] for s, e in zip(start, end, strict=True)]
+        d[self.result_key] = {**d.get(self.result_key, {}), "crop": crop}
+        return d
+
+
+def point_heatmap(shape: Sequence[int], points: Sequence[Sequence[int]], sigma: float) -> np.ndarray:
+    """Max of unit-peak Gaussians (σ in voxels) at the points, computed only within 3σ of each point."""
+    heat = np.zeros(tuple(shape), dtype=np.float32)
+    radius = int(np.ceil(3 * sigma))
+    for point in points:
+        point = np.asarray(point, dtype=int)
+        low, high = np.maximum(point - radius, 0), np.minimum(point + radius + 1, shape)
+        if (high <= low).any():
+            continue
+        axes = [
+            np.exp(-((np.arange(lo, hi) - c) ** 2) / (2 * sigma**2)) for lo, hi, c in zip(low, high, point, strict=True)
+        ]
+        window = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+        heat[window] = np.maximum(heat[window], np.einsum("i,j,k->ijk", *axes))
+    return heat
+
+
+class PointHeatmapsd(MapTransform):
+    """Append one heatmap channel per points key to `keys` (the click models' guidance input)."""
+
+    def __init__(self, keys, points_keys: Sequence[str], sigma: float):
+        super().__init__(keys)
+        self.points_keys, self.sigma = tuple(points_keys), float(sigma)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key], dtype=torch.float32)
+            maps = [point_heatmap(image.shape[1:], d.get(k) or [], self.sigma) for k in self.points_keys]
+            d[key] = torch.cat([image, torch.from_numpy(np.stack(maps))])
         return d

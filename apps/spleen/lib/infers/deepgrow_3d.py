@@ -1,0 +1,30 @@
+"""DeepGrow 3D: foreground/background clicks → a binary mask of the clicked object (class-agnostic)."""
+
+from __future__ import annotations
+
+from monailabel.interfaces.tasks.infer_v2 import InferType
+
+from .interactive import InteractiveTask
+
+
+class DeepGrow3D(InteractiveTask):
+    """The crop is centred on the foreground clicks, at least `min_size_mm` wide (grows as clicks spread)."""
+
+    box_points = ("foreground",)
+    points_keys = ("foreground", "background")
+    roi_size = (80, 80, 80)
+    padding_mm = 24.0
+    min_size_mm = 160.0
+    sigma = 2.0
+    model_info = {"deepgrow": "3D"}
+
+    def __init__(self, path, network, description="DeepGrow 3D: click on an object to segment it", **kwargs):
+        super().__init__(
+            path=path,
+            network=network,
+            type=InferType.DEEPGROW,
+            labels=[],
+            dimension=3,
+            description=description,
+            **kwargs,
+        )

@@ -1,0 +1,76 @@
+"""The two click models' shared pipeline: crop around the points, add point heatmaps, infer, paste back.
+
+Both infer on a crop resampled to `roi_size`, never on the whole volume, so a click costs the same on
+a 512×512×300 CT as on a small one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import EnsureTyped, ScaleIntensityRanged
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
+
+# A wide CT window: the click models are class-agnostic (soft tissue, fluid, gas-filled and bony objects).
+CT_WINDOW = (-400.0, 600.0)
+
+
+def click_preprocessing(
+    keys: Sequence[str],
+    modes: Sequence[str],
+    box_points: Sequence[str],
+    points_keys: Sequence[str],
+    roi_size: Sequence[int],
+    padding_mm: float,
+    min_size_mm: float,
+) -> list[Callable]:
+    """Crop around the points and window the CT; the trainers use it with the label as a second key."""
+    return [
+        CropAroundPointsd(
+            keys=keys,
+            box_points=box_points,
+            points_keys=points_keys,
+            roi_size=roi_size,
+            padding_mm=padding_mm,
+            min_size_mm=min_size_mm,
+            modes=modes,
+        ),
+        ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
+    ]
+
+
+class InteractiveTask(BasicInferTask):
+    """Point-driven 3D task: subclasses say which points shape the box and which become heatmaps."""
+
+    box_points: tuple[str, ...] = ()
+    points_keys: tuple[str, ...] = ()
+    roi_size: tuple[int, int, int] = (80, 80, 80)
+    padding_mm: float = 20.0
+    min_size_mm: float = 0.0
+    sigma: float = 2.0
+    model_info: dict = {}
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            LoadImageOrTensord(keys="image"),
+            *click_preprocessing(
+                ("image",),
+                ("trilinear",),
+                self.box_points,
+                self.points_keys,
+                self.roi_size,
+                self.padding_mm,
+                self.min_size_mm,
+            ),
+            PointHeatmapsd(keys="image", points_keys=self.points_keys, sigma=self.sigma),
+            EnsureTyped(keys="image", dtype="float32"),
+        ]
+
+    def inferer(self, data=None) -> Inferer:
+        return SimpleInferer()
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [PasteCropd(keys="pred", result_key=self.output_json_key), RestoreGeometryd(keys="pred")]

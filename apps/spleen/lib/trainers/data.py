@@ -1,0 +1,87 @@
+"""Training data: synthetic phantoms (always), an MSD Task09 folder, and the real CTs of ../shared/data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.data import MetaTensor
+from tqdm import tqdm
+
+from server.imageio import read_image, to_metatensor
+from server.phantoms import ORIENTATIONS, make_phantom
+
+PHANTOM_FOV_MM = (360.0, 300.0, 220.0)
+VALIDATION_SEED_OFFSET = 100_000  # validation phantoms use seeds from here on, never used in training
+
+# TotalSegmentator "total" labels of the real CTs kept out of training: the organs the README reports
+# accuracy on (spleen, left kidney, liver, stomach), so that report is not measured on training data.
+REAL_HELD_OUT = {1: "spleen", 3: "kidney_left", 5: "liver", 6: "stomach"}
+REAL_CASES = (
+    ("totalseg/example_ct.nii.gz", "totalseg/example_seg_fast_force_split.nii.gz"),
+    ("totalseg/example_ct_dicom", "totalseg/example_seg_dicom.nii.gz"),
+)
+
+
+def phantom_items(seeds, rng: np.random.Generator) -> list[dict]:
+    """Phantoms at random spacings (1.5–4 mm) and the phantom orientations, as MetaTensors."""
+    items = []
+    for seed in tqdm(seeds, desc="phantoms", leave=False):
+        spacing = tuple(float(s) for s in rng.uniform(1.5, 4.0, size=3))
+        size = tuple(int(np.ceil(fov / s)) for fov, s in zip(PHANTOM_FOV_MM, spacing, strict=True))
+        orientation = ORIENTATIONS[seed % len(ORIENTATIONS)]
+        phantom = make_phantom(seed, size=size, spacing=spacing, orientation=orientation)
+        items.append({"image": to_metatensor(phantom.image), "label": to_metatensor(phantom.label)})
+    return items
+
+
+def msd_items(data_dir: Path) -> list[dict]:
+    """Image/label paths of an MSD Task09-style folder (dataset.json 'training' list)."""
+    dataset = json.loads((data_dir / "dataset.json").read_text())
+    return [{"image": str(data_dir / i["image"]), "label": str(data_dir / i["label"])} for i in dataset["training"]]
+
+
+def real_items(shared_data: Path) -> list[dict]:
+    """The real CTs with their TotalSegmentator masks resampled onto the CT grid (empty when absent)."""
+    items = []
+    for image_name, label_name in REAL_CASES:
+        image_path, label_path = shared_data / image_name, shared_data / label_name
+        if not image_path.exists() or not label_path.exists():
+            continue
+        paths = sorted(image_path.iterdir()) if image_path.is_dir() else [image_path]
+        image = read_image(paths)
+        label = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
+        items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
+    return items
+
+
+@dataclass(frozen=True)
+class TrainingObject:
+    """One object to learn to delineate: a label value of one item, and its bounding box."""
+
+    item: int
+    value: int
+    start: tuple[int, int, int]
+    end: tuple[int, int, int]
+
+    def mask(self, items: list[dict]) -> MetaTensor:
+        label = items[self.item]["label"]
+        return MetaTensor((torch.as_tensor(label) == self.value).to(torch.uint8), meta=label.meta)
+
+
+def objects(items: list[dict], *, skip: set[int] = frozenset(), min_voxels: int = 300) -> list[TrainingObject]:
+    """Every label value (but `skip`) of every item with at least `min_voxels` voxels."""
+    found = []
+    for index, item in enumerate(items):
+        label = np.asarray(item["label"][0])
+        for value in np.unique(label):
+            if value == 0 or int(value) in skip:
+                continue
+            voxels = np.argwhere(label == value)
+            if len(voxels) >= min_voxels:
+                found.append(TrainingObject(index, int(value), tuple(voxels.min(0)), tuple(voxels.max(0) + 1)))
+    return found

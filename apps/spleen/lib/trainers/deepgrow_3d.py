@@ -1,0 +1,107 @@
+"""Train deepgrow_3d with simulated clicks (MONAI deepgrow interaction transforms).
+
+Each sample starts from MONAI's initial seed point inside the object (`AddInitialSeedPointd`); then,
+for a random number of rounds, the network's current prediction is compared with the truth
+(`FindDiscrepancyRegionsd`) and a corrective click is added in the largest error (`AddRandomGuidanced`).
+Crops are made by the inference pre-processing itself, with the box size jittered.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.apps.deepgrow.transforms import AddInitialSeedPointd, AddRandomGuidanced, FindDiscrepancyRegionsd
+from monai.utils import set_determinism
+
+from lib.infers.deepgrow_3d import DeepGrow3D
+from lib.infers.interactive import click_preprocessing
+from lib.networks import deepgrow_network
+
+from .interactive import ObjectPool, batch, run_pipeline, validation_dice
+from .loop import fit
+
+MAX_CLICKS = 6
+BATCH_SIZE = 2
+
+
+def make_sample(
+    pool: ObjectPool, obj, items: list[dict], rng: np.random.Generator, seed_transform, jitter: bool
+) -> dict:
+    """A crop around MONAI's initial seed point of `obj`, with guidance for that one click."""
+    mask = obj.mask(items)
+    start, end = np.asarray(obj.start), np.asarray(obj.end)
+    sub = np.asarray(mask[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]])
+    seed = json.loads(seed_transform({"label": sub})["guidance"])[0][0]  # [distance, i, j, k] in the sub-volume
+    click = (np.asarray(seed[1:]) + start).tolist()
+    min_size = rng.uniform(130.0, 200.0) if jitter else DeepGrow3D.min_size_mm
+    transforms = click_preprocessing(
+        ("image", "label"),
+        ("trilinear", "nearest"),
+        DeepGrow3D.box_points,
+        DeepGrow3D.points_keys,
+        DeepGrow3D.roi_size,
+        DeepGrow3D.padding_mm,
+        min_size,
+    )
+    return run_pipeline(
+        {"image": items[obj.item]["image"], "label": mask, "foreground": [click], "background": []}, transforms
+    )
+
+
+def add_corrective_clicks(network: torch.nn.Module, samples: list[dict], rounds: int, click_transform) -> None:
+    """`rounds` times: predict, find the discrepancy, add a click in it (MONAI's deepgrow interaction)."""
+    network.eval()
+    for _ in range(rounds):
+        with torch.no_grad():
+            logits = network(batch(samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)[0])
+        for sample, logit in zip(samples, logits, strict=True):
+            sample["pred"] = logit.argmax(0, keepdim=True).numpy().astype(np.float32)
+            sample["label"] = np.asarray(sample["label"])
+            sample.update(FindDiscrepancyRegionsd(label="label", pred="pred", discrepancy="discrepancy")(sample))
+            sample["probability"] = 1.0
+            # MONAI's guidance layout: [[foreground [d, i, j, k]...], [background ...]], [-1, ...] = none
+            sample["guidance"] = [[[0, *p] for p in sample[k]] or [[-1] * 4] for k in DeepGrow3D.points_keys]
+            clicks = json.loads(click_transform(sample)["guidance"])
+            for key, points in zip(DeepGrow3D.points_keys, clicks, strict=True):
+                sample[key] = [p[1:] for p in points if p[0] >= 0]
+
+
+def interaction_rounds(rng: np.random.Generator) -> int:
+    """No corrective click half of the time (learn from one click), else 1..MAX_CLICKS rounds."""
+    return 0 if rng.random() < 0.5 else int(rng.integers(1, MAX_CLICKS + 1))
+
+
+def train(
+    model_path: Path,
+    *,
+    data_dir: Path | None = None,
+    epochs: int = 20,
+    steps_per_epoch: int = 40,
+    seed: int = 0,
+    num_train: int = 24,
+    num_val: int = 4,
+) -> dict:
+    """Train on phantom organs (+ real CT organs when present); validate with one click on held-out spleens."""
+    set_determinism(seed)
+    pool = ObjectPool(seed, num_train, num_val)
+    rng = pool.rng
+    seed_transform = AddInitialSeedPointd(label="label", guidance="guidance")
+    seed_transform.set_random_state(seed=seed)
+    click_transform = AddRandomGuidanced(guidance="guidance", discrepancy="discrepancy", probability="probability")
+    click_transform.set_random_state(seed=seed)
+    val_samples = [make_sample(pool, o, pool.val_items, rng, seed_transform, jitter=False) for o in pool.val_objects]
+
+    def next_batch(network) -> tuple[torch.Tensor, torch.Tensor]:
+        samples = [
+            make_sample(pool, pool.sample(), pool.items, rng, seed_transform, jitter=True) for _ in range(BATCH_SIZE)
+        ]
+        add_corrective_clicks(network, samples, interaction_rounds(rng), click_transform)
+        return batch(samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
+
+    def validate(network) -> float:
+        return validation_dice(network, val_samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
+
+    return fit(deepgrow_network(), next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch)
