@@ -78,3 +78,7 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real CT data not present at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# The app's own modules (`lib.evaluation`) measure accuracy in the tests as in bench/.
+sys.path.insert(0, str(REPO_ROOT / "apps" / "spleen"))

@@ -4,16 +4,14 @@ spleen mask comes back on exactly the input grid, integer typed and accurate."""
 from __future__ import annotations
 
 import io
-import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import SimpleITK as sitk
-from requests_toolbelt.multipart.decoder import MultipartDecoder
+from aiaa_helpers import Files, assert_same_grid, parse_result, post, read_mask, to_ijk
 
+from lib.evaluation import dice
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
 
@@ -21,46 +19,8 @@ MODEL = "segmentation_spleen"
 MIN_DICE = 0.85
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a > 0, b > 0
-    return 2.0 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
-
-
-def segment(url: str, files: list[tuple[str, tuple[str, bytes]]], params: dict | None = None) -> requests.Response:
-    data = {"params": json.dumps(params or {})}
-    return requests.post(f"{url}/v1/segmentation", params={"model": MODEL}, files=files, data=data, timeout=300)
-
-
-def parse_result(reply: requests.Response) -> tuple[dict, str, bytes]:
-    """Check the multipart shape the AIAA clients rely on; return params, file name and file bytes."""
-    assert reply.status_code == 200, reply.text
-    assert reply.headers["Content-Length"] == str(len(reply.content))
-    assert "chunked" not in reply.headers.get("Transfer-Encoding", "")
-    parts = MultipartDecoder(reply.content, reply.headers["Content-Type"]).parts
-    assert len(parts) == 2
-    params_disp = parts[0].headers[b"Content-Disposition"].decode()
-    file_disp = parts[1].headers[b"Content-Disposition"].decode()
-    assert 'name="params"' in params_disp and "filename" not in params_disp
-    assert "filename=" in file_disp
-    filename = file_disp.split('filename="')[1].split('"')[0]
-    return json.loads(parts[0].content), filename, parts[1].content
-
-
-def read_mask(data: bytes, filename: str, tmp_path: Path) -> sitk.Image:
-    path = tmp_path / filename
-    path.write_bytes(data)
-    return sitk.ReadImage(str(path))
-
-
-def assert_same_grid(mask: sitk.Image, reference: sitk.Image) -> None:
-    assert mask.GetSize() == reference.GetSize()
-    assert mask.GetSpacing() == pytest.approx(reference.GetSpacing(), abs=1e-6)
-    assert mask.GetOrigin() == pytest.approx(reference.GetOrigin(), abs=1e-5)
-    assert mask.GetDirection() == pytest.approx(reference.GetDirection(), abs=1e-6)
-
-
-def to_ijk(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+def segment(url: str, files: Files, params: dict | None = None):
+    return post(url, "segmentation", MODEL, files, params)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ class DeepGrow3D(InteractiveTask):
 
     box_points = ("foreground",)
     points_keys = ("foreground", "background")
-    roi_size = (80, 80, 80)
+    crop_size = (80, 80, 80)
     padding_mm = 24.0
     min_size_mm = 160.0
     sigma = 2.0

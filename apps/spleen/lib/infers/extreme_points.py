@@ -12,7 +12,7 @@ class ExtremePoints(InteractiveTask):
 
     box_points = ("points",)
     points_keys = ("points",)
-    roi_size = (80, 80, 80)
+    crop_size = (80, 80, 80)
     padding_mm = 20.0
     sigma = 3.0
 
@@ -26,4 +26,4 @@ class ExtremePoints(InteractiveTask):
             description=description,
             **kwargs,
         )
-        self.model_info = {"padding": self.padding_mm, "roi": list(self.roi_size), "sigma": self.sigma}
+        self.model_info = {"padding": self.padding_mm, "roi": list(self.crop_size), "sigma": self.sigma}

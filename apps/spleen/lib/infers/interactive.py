@@ -1,6 +1,6 @@
 """The two click models' shared pipeline: crop around the points, add point heatmaps, infer, paste back.
 
-Both infer on a crop resampled to `roi_size`, never on the whole volume, so a click costs the same on
+Both infer on a crop resampled to `crop_size`, never on the whole volume, so a click costs the same on
 a 512×512×300 CT as on a small one.
 """
 
@@ -47,7 +47,7 @@ class InteractiveTask(BasicInferTask):
 
     box_points: tuple[str, ...] = ()
     points_keys: tuple[str, ...] = ()
-    roi_size: tuple[int, int, int] = (80, 80, 80)
+    crop_size: tuple[int, int, int] = (80, 80, 80)
     padding_mm: float = 20.0
     min_size_mm: float = 0.0
     sigma: float = 2.0
@@ -61,7 +61,7 @@ class InteractiveTask(BasicInferTask):
                 ("trilinear",),
                 self.box_points,
                 self.points_keys,
-                self.roi_size,
+                self.crop_size,
                 self.padding_mm,
                 self.min_size_mm,
             ),

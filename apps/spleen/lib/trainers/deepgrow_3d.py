@@ -42,7 +42,7 @@ def make_sample(
         ("trilinear", "nearest"),
         DeepGrow3D.box_points,
         DeepGrow3D.points_keys,
-        DeepGrow3D.roi_size,
+        DeepGrow3D.crop_size,
         DeepGrow3D.padding_mm,
         min_size,
     )

@@ -34,7 +34,7 @@ def make_sample(obj, items: list[dict], rng: np.random.Generator, jitter: bool) 
         ("trilinear", "nearest"),
         ExtremePoints.box_points,
         ExtremePoints.points_keys,
-        ExtremePoints.roi_size,
+        ExtremePoints.crop_size,
         padding,
         0.0,
     )
