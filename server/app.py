@@ -7,9 +7,10 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .blueprints import inference, ops
+from .blueprints import inference, ops, sessions
 from .errors import ApiError
 from .registry import ModelRegistry, load_app_models
+from .sessions import SessionStore
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if registry is None:
         registry = ModelRegistry(settings.model_repo, load_app_models(settings.app_dir, settings.app_models))
     app.extensions["aiaa.registry"] = registry
-    app.register_blueprint(inference.bp)
-    app.register_blueprint(ops.bp)
+    store = SessionStore(
+        settings.session_dir, settings.session_expiry_s, settings.session_max_expiry_s, settings.session_max_bytes
+    )
+    store.start_reaper(settings.session_reap_interval_s)
+    app.extensions["aiaa.sessions"] = store
+    for blueprint in (inference.bp, sessions.bp, ops.bp):
+        app.register_blueprint(blueprint)
     register_error_handlers(app)
     return app
 

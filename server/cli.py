@@ -29,12 +29,22 @@ def serve(args: argparse.Namespace) -> None:
         app_models=args.models,
         log_dir=args.log_dir,
         threads=args.threads,
+        session_dir=args.session_dir,
+        session_expiry_s=args.session_expiry,
+        session_max_expiry_s=args.session_max_expiry,
+        session_max_bytes=int(args.session_max_mb * 2**20),
+        session_reap_interval_s=args.session_reap_interval,
     )
     log_file = configure_logging(settings.log_dir)
     torch.set_num_threads(os.cpu_count() or 1)
     app = create_app(settings)
-    logger.info("AIAA server on http://%s:%d (model repo %s, log %s)", settings.host, settings.port,
-                settings.model_repo.resolve(), log_file.resolve())
+    logger.info(
+        "AIAA server on http://%s:%d (model repo %s, log %s)",
+        settings.host,
+        settings.port,
+        settings.model_repo.resolve(),
+        log_file.resolve(),
+    )
     waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="aiaa")
 
 
@@ -51,8 +61,10 @@ def train(args: argparse.Namespace) -> None:
     report = TRAINERS[args.model](
         output, data_dir=args.data, epochs=args.epochs, steps_per_epoch=args.steps, seed=args.seed
     )
-    print(f"best validation Dice {report['best_val_dice']:.4f} after {report['epochs']} epochs "
-          f"in {report['seconds']} s -> {output}")
+    print(
+        f"best validation Dice {report['best_val_dice']:.4f} after {report['epochs']} epochs "
+        f"in {report['seconds']} s -> {output}"
+    )
 
 
 def phantom(args: argparse.Namespace) -> None:
@@ -77,6 +89,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=defaults.app_models, help="the app's models to serve (comma separated)")
     p.add_argument("--log-dir", default=str(defaults.log_dir))
     p.add_argument("--threads", type=int, default=defaults.threads, help="request worker threads")
+    p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")
+    p.add_argument(
+        "--session-expiry",
+        type=float,
+        default=defaults.session_expiry_s,
+        help="seconds a session lives after its last use when the client asks for no expiry",
+    )
+    p.add_argument(
+        "--session-max-expiry",
+        type=float,
+        default=defaults.session_max_expiry_s,
+        help="upper bound on any session's expiry (seconds)",
+    )
+    p.add_argument(
+        "--session-max-mb",
+        type=float,
+        default=defaults.session_max_bytes / 2**20,
+        help="total decoded image memory all sessions may hold (MB)",
+    )
     p.set_defaults(func=serve)
 
     p = commands.add_parser("train", help="train one of the app's models")

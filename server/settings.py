@@ -20,8 +20,14 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3
     max_image_voxels: int = 1024**3 // 2
     device: str = "cpu"
+    session_dir: Path = field(default_factory=lambda: Path("sessions"))
+    session_expiry_s: float = 3600.0  # when the client asks for none (expiry=0 or absent)
+    session_max_expiry_s: float = 24 * 3600.0
+    session_max_bytes: int = 8 * 1024**3  # decoded images held by all sessions together
+    session_reap_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         self.model_repo = Path(self.model_repo)
         self.app_dir = Path(self.app_dir)
         self.log_dir = Path(self.log_dir)
+        self.session_dir = Path(self.session_dir)

@@ -26,23 +26,28 @@ def upload_parts(request: Request) -> list:
     return [request.files[k] for k in series]
 
 
-def read_uploaded_image(request: Request, max_voxels: int) -> sitk.Image:
-    """Decode the uploaded volume (or DICOM series) with its full geometry."""
+def save_uploaded_parts(request: Request, folder: Path) -> list[Path]:
+    """Save the uploaded image part(s) under `folder` with harmless names that keep their extensions."""
     parts = upload_parts(request)
     if not parts:
         raise BadRequest(
             "No image in the request: attach the volume as the 'datapoint' (or 'image') file part, "
             "or give a session_id."
         )
+    paths = []
+    for index, part in enumerate(parts):
+        subfolder = folder / str(index)  # one folder per part: clients may repeat a file name
+        subfolder.mkdir(parents=True)
+        path = subfolder / safe_name(part.filename or "")
+        part.save(path)
+        paths.append(path)
+    return paths
+
+
+def read_uploaded_image(request: Request, max_voxels: int) -> sitk.Image:
+    """Decode the uploaded volume (or DICOM series) with its full geometry."""
     with tempfile.TemporaryDirectory(prefix="aiaa-upload-") as tmp:
-        paths = []
-        for index, part in enumerate(parts):
-            folder = Path(tmp) / str(index)  # one folder per part: clients may repeat a file name
-            folder.mkdir()
-            path = folder / safe_name(part.filename or "")
-            part.save(path)
-            paths.append(path)
-        return read_image(paths, max_voxels=max_voxels)
+        return read_image(save_uploaded_parts(request, Path(tmp)), max_voxels=max_voxels)
 
 
 def safe_name(filename: str) -> str:

@@ -23,6 +23,7 @@ class LiveServer:
     process: subprocess.Popen
     log_dir: Path
     model_repo: Path
+    session_dir: Path
 
 
 def free_port() -> int:
@@ -34,11 +35,28 @@ def free_port() -> int:
 def start_server(tmp: Path, *extra: str) -> LiveServer:
     """Run `aiaa serve` as a child process; return once waitress says it is serving."""
     port = free_port()
-    log_dir, model_repo = tmp / "logs", tmp / "model_repo"
+    log_dir, model_repo, session_dir = tmp / "logs", tmp / "model_repo", tmp / "sessions"
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--model-repo", str(model_repo), "--log-dir", str(log_dir), *extra],
-        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-repo",
+            str(model_repo),
+            "--log-dir",
+            str(log_dir),
+            "--session-dir",
+            str(session_dir),
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     serving = threading.Event()
     lines: list[str] = []
@@ -54,7 +72,7 @@ def start_server(tmp: Path, *extra: str) -> LiveServer:
     if not serving.wait(STARTUP_TIMEOUT_S) or process.poll() is not None:
         process.kill()
         raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
-    return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo)
+    return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo, session_dir)
 
 
 def stop_server(server: LiveServer) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from ..errors import BadRequest, SessionExpired
+from ..errors import BadRequest
 from ..imageio import require_3d
 from ..inference import run_model
 from ..points import parse_points
@@ -46,11 +46,12 @@ def infer(op: str, model_type: str, task_inputs=lambda params, image: {}):
     model = registry().get(request.args.get("model"))
     if model.type != model_type:
         raise BadRequest(f"Model '{model.name}' is a {model.type} model; /v1/{op} needs a {model_type} model.")
-    if request.args.get("session_id"):
-        raise SessionExpired(f"Session '{request.args['session_id']}' is unknown or expired; upload the image again.")
     params = request_params(request)
     settings = current_app.config["SETTINGS"]
-    image = read_uploaded_image(request, settings.max_image_voxels)
+    if session_id := request.args.get("session_id"):
+        image = current_app.extensions["aiaa.sessions"].get(session_id).image
+    else:
+        image = read_uploaded_image(request, settings.max_image_voxels)
     if model.task.dimension == 3:
         require_3d(image, model.name)
     mask, result = run_model(model, image, task_inputs(params, image), device=settings.device)

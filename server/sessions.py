@@ -1,0 +1,153 @@
+"""Sessions: an uploaded volume decoded once and kept ready, so each click skips upload and decoding.
+
+Expiry is min(requested, configured max), counted from the last use (sliding). A reaper thread deletes
+expired sessions and their files; a cap on the total decoded bytes refuses new sessions when full.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .errors import ServiceUnavailable, SessionExpired
+
+logger = logging.getLogger(__name__)
+
+
+def is_uuid(name: str) -> bool:
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
+
+
+@dataclass
+class Session:
+    id: str
+    image: sitk.Image
+    folder: Path
+    name: str
+    expiry_s: float
+    created: float = field(default_factory=time.time)
+    last_access: float = field(default_factory=time.time)
+
+    @property
+    def nbytes(self) -> int:
+        return (
+            self.image.GetNumberOfPixels()
+            * self.image.GetSizeOfPixelComponent()
+            * self.image.GetNumberOfComponentsPerPixel()
+        )
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_access > self.expiry_s
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "size": list(self.image.GetSize()),
+            "spacing": list(self.image.GetSpacing()),
+            "origin": list(self.image.GetOrigin()),
+            "direction": list(self.image.GetDirection()),
+            "bytes": self.nbytes,
+            "expiry": self.expiry_s,
+            "create_ts": round(self.created, 3),
+            "last_access_ts": round(self.last_access, 3),
+        }
+
+
+class SessionStore:
+    def __init__(self, root: Path, default_expiry_s: float, max_expiry_s: float, max_bytes: int):
+        self.root = Path(root)
+        self.default_expiry_s, self.max_expiry_s, self.max_bytes = default_expiry_s, max_expiry_s, max_bytes
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in self.root.iterdir():  # sessions do not survive a restart; remove only our own folders
+            if leftover.is_dir() and (leftover.name == "incoming" or is_uuid(leftover.name)):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def expiry_for(self, requested: float | None) -> float:
+        """min(requested, max); 0 or absent → the default."""
+        if not requested or requested <= 0:
+            return min(self.default_expiry_s, self.max_expiry_s)
+        return min(float(requested), self.max_expiry_s)
+
+    def create(self, image: sitk.Image, folder: Path, name: str, expiry_s: float | None) -> Session:
+        """Register a decoded image whose files were saved in `folder` (moved under the store's root)."""
+        session_id = str(uuid.uuid4())
+        target = self.root / session_id
+        shutil.move(str(folder), target)
+        session = Session(session_id, image, target, name, self.expiry_for(expiry_s))
+        with self._lock:
+            used = sum(s.nbytes for s in self._sessions.values())
+            if used + session.nbytes > self.max_bytes:
+                shutil.rmtree(target, ignore_errors=True)
+                raise ServiceUnavailable(
+                    f"Session storage is full ({used / 2**20:.0f} of {self.max_bytes / 2**20:.0f} MB in use); "
+                    "try again later or send the image with the request instead."
+                )
+            self._sessions[session_id] = session
+        logger.info(
+            "session %s created (%s, %.1f MB, expiry %.0f s)",
+            session_id,
+            name,
+            session.nbytes / 2**20,
+            session.expiry_s,
+        )
+        return session
+
+    def get(self, session_id: str, *, touch: bool = True) -> Session:
+        """The live session, its last access refreshed; unknown or expired → SessionExpired (440)."""
+        now = time.time()
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None or session.expired(now):
+                raise SessionExpired(
+                    f"Session '{session_id}' is unknown or has expired; upload the image again (PUT /session/)."
+                )
+            if touch:
+                session.last_access = now
+            return session
+
+    def delete(self, session_id: str) -> bool:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session:
+            shutil.rmtree(session.folder, ignore_errors=True)
+        return session is not None
+
+    def reap(self) -> list[str]:
+        """Delete every expired session and its files; return their ids."""
+        now = time.time()
+        with self._lock:
+            expired = [s for s in self._sessions.values() if s.expired(now)]
+            for s in expired:
+                del self._sessions[s.id]
+        for s in expired:
+            shutil.rmtree(s.folder, ignore_errors=True)
+            logger.info("session %s expired and removed", s.id)
+        return [s.id for s in expired]
+
+    def start_reaper(self, interval_s: float) -> threading.Thread:
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                self.reap()
+
+        thread = threading.Thread(target=run, name="session-reaper", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)

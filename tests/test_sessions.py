@@ -1,0 +1,132 @@
+"""Sessions against a real server process: create → use → expire → 440, DICOM series sessions, the
+reaper deleting files, sessions never mixing, and the memory cap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
+from conftest import start_server, stop_server
+
+from lib.evaluation import centre_click, dice
+from server.imageio import write_dicom_series
+from server.phantoms import LABELS, make_phantom, write_phantom
+
+MAX_EXPIRY_S = 3
+DEADLINE_S = 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = start_server(
+        tmp_path_factory.mktemp("sessions"),
+        "--session-max-expiry",
+        str(MAX_EXPIRY_S),
+        "--session-expiry",
+        str(MAX_EXPIRY_S),
+        "--session-reap-interval",
+        "0.2",
+        "--session-max-mb",
+        "40",
+    )
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("phantoms")
+    a = make_phantom(400_001, size=(96, 84, 56), spacing=(3.5, 3.5, 3.5), orientation="LPS")
+    b = make_phantom(400_002, size=(80, 72, 60), spacing=(4.0, 4.0, 3.0), orientation="oblique")
+    return [(p, write_phantom(p, tmp, stem=f"p{i}")[0]) for i, p in enumerate((a, b))]
+
+
+def create(url: str, files, **query) -> dict:
+    reply = requests.put(f"{url}/session/", params=query, files=files, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def until(predicate, what: str) -> None:
+    """Wait (bounded) for a time-driven outcome: expiry is the feature under test here."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_session_is_used_for_many_clicks_then_expires(server, phantoms, tmp_path):
+    phantom, path = phantoms[0]
+    created = create(server.url, {"image": (path.name, path.read_bytes())}, expiry=1)
+    session_id, info = created["session_id"], created["session_info"]
+    assert info["size"] == list(phantom.image.GetSize()) and info["expiry"] == 1
+    assert (server.session_dir / session_id).is_dir()
+
+    truth = to_ijk(phantom.label) == LABELS["spleen"]
+    clicks = {"foreground": [centre_click(truth)], "background": []}
+    for _ in range(3):  # no file part: the server uses the session's decoded image
+        _, name, data = parse_result(post(server.url, "deepgrow", "deepgrow_3d", [], clicks, session_id=session_id))
+        mask = read_mask(data, name, tmp_path)
+        assert_same_grid(mask, phantom.image)
+    assert dice(to_ijk(mask), truth) > 0.5
+
+    until(lambda: requests.get(f"{server.url}/session/{session_id}", timeout=10).status_code == 404, "expiry")
+    expired = post(server.url, "deepgrow", "deepgrow_3d", [], clicks, session_id=session_id)
+    assert expired.status_code == 440 and "expired" in expired.json()["error"]["message"]
+    until(lambda: not (server.session_dir / session_id).exists(), "the reaper to delete the files")
+
+
+def test_expiry_is_capped_and_slides_on_use(server, phantoms):
+    _, path = phantoms[0]
+    created = create(server.url, {"image": (path.name, path.read_bytes())}, expiry=100_000)
+    assert created["session_info"]["expiry"] == MAX_EXPIRY_S
+    session_id = created["session_id"]
+    first = requests.get(f"{server.url}/session/{session_id}", timeout=10).json()["last_access_ts"]
+    touched = requests.get(f"{server.url}/session/{session_id}", params={"update_ts": "true"}, timeout=10).json()
+    assert touched["last_access_ts"] >= first
+    assert requests.delete(f"{server.url}/session/{session_id}", timeout=10).status_code == 200
+    assert requests.get(f"{server.url}/session/{session_id}", timeout=10).status_code == 404
+
+
+def test_dicom_series_session(server, phantoms, tmp_path):
+    phantom, _ = phantoms[0]
+    files = write_dicom_series(phantom.image, tmp_path / "dicom")
+    created = create(server.url, [(f"image{i}", (f.name, f.read_bytes())) for i, f in enumerate(files)])
+    assert created["session_info"]["size"] == list(phantom.image.GetSize())
+    _, name, data = parse_result(
+        post(server.url, "segmentation", "segmentation_spleen", [], session_id=created["session_id"])
+    )
+    assert_same_grid(read_mask(data, name, tmp_path), phantom.image)
+
+
+def test_two_sessions_never_mix(server, phantoms, tmp_path):
+    ids = [create(server.url, {"image": (p.name, p.read_bytes())})["session_id"] for _, p in phantoms]
+    for (phantom, _), session_id in zip(reversed(phantoms), reversed(ids), strict=True):
+        _, name, data = parse_result(post(server.url, "segmentation", "segmentation_spleen", [], session_id=session_id))
+        mask = read_mask(data, name, tmp_path)
+        assert_same_grid(mask, phantom.image)
+        assert dice(to_ijk(mask), to_ijk(phantom.label) == LABELS["spleen"]) > 0.8
+
+
+def test_unknown_session_is_440_on_every_endpoint(server):
+    for op, model, params in [
+        ("segmentation", "segmentation_spleen", {}),
+        ("dextr3d", "extreme_points", {"points": [[1, 1, 1]] * 6}),
+        ("deepgrow", "deepgrow_3d", {"foreground": [[1, 1, 1]]}),
+    ]:
+        reply = post(server.url, op, model, [], params, session_id="no-such-session")
+        assert reply.status_code == 440, reply.text
+        assert reply.json()["error"]["type"] == "SessionExpired"
+    assert requests.get(f"{server.url}/session/no-such-session", timeout=10).status_code == 404
+
+
+def test_memory_cap_refuses_new_sessions_clearly(server, tmp_path):
+    big = make_phantom(400_003, size=(256, 256, 200), spacing=(1.5, 1.5, 1.5))  # 25 MB decoded
+    path, _ = write_phantom(big, tmp_path, stem="big")
+    first = create(server.url, {"image": (path.name, path.read_bytes())})
+    second = requests.put(f"{server.url}/session/", files={"image": (path.name, path.read_bytes())}, timeout=60)
+    assert second.status_code == 503 and "Session storage is full" in second.json()["error"]["message"]
+    assert requests.get(f"{server.url}/session/{first['session_id']}", timeout=10).status_code == 200
+    assert sorted(p.name for p in (server.session_dir / "incoming").iterdir()) == []  # nothing left behind
