@@ -6,6 +6,8 @@ import logging
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .blueprints import inference, ops, sessions
 from .errors import ApiError
@@ -34,6 +36,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     for blueprint in (inference.bp, sessions.bp, ops.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    # Clients keep any path prefix of the server URL: honour a proxy's X-Forwarded-Prefix, or serve under
+    # a configured prefix directly (http://host/aiaa/v1/models).
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=0, x_host=0, x_prefix=1)
+    if settings.url_prefix:
+        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {settings.url_prefix.rstrip("/"): app.wsgi_app})
     return app
 
 

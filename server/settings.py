@@ -20,6 +20,7 @@ class Settings:
     max_upload_bytes: int = 2 * 1024**3
     max_image_voxels: int = 1024**3 // 2
     device: str = "cpu"
+    url_prefix: str = ""  # e.g. "/aiaa": also serve every route under this path prefix
     session_dir: Path = field(default_factory=lambda: Path("sessions"))
     session_expiry_s: float = 3600.0  # when the client asks for none (expiry=0 or absent)
     session_max_expiry_s: float = 24 * 3600.0

@@ -1,4 +1,4 @@
-"""Model listing and inference: `/v1/models`, `/v1/segmentation`."""
+"""Model listing and inference: `/v1/models`, `/v1/segmentation`, `/v1/dextr3d`, `/v1/deepgrow`, `/v1/inference`."""
 
 from __future__ import annotations
 
@@ -38,14 +38,35 @@ def list_models():
     return jsonify(models)
 
 
-def infer(op: str, model_type: str, task_inputs=lambda params, image: {}):
-    """What every inference endpoint does: model, params, image, the task, the reply.
+def extreme_point_inputs(params: dict, image) -> dict:
+    return {"points": parse_points(params, "points", image.GetSize(), min_count=6)}
 
-    `task_inputs(params, image)` turns the request's params into the task's validated inputs.
+
+def click_inputs(params: dict, image) -> dict:
+    return {
+        "foreground": parse_points(params, "foreground", image.GetSize(), min_count=1),
+        "background": parse_points(params, "background", image.GetSize()),
+    }
+
+
+# model type → the task's validated inputs from the request's params
+TASK_INPUTS = {
+    "segmentation": lambda params, image: {},
+    "annotation": extreme_point_inputs,
+    "deepgrow": click_inputs,
+}
+
+
+def infer(op: str, model_type: str | None = None):
+    """What every inference endpoint does: model, params, image (upload or session), the task, the reply.
+
+    `model_type` is the type the endpoint serves; None (`/v1/inference`) dispatches on the model's own type.
     """
     model = registry().get(request.args.get("model"))
-    if model.type != model_type:
+    if model_type is not None and model.type != model_type:
         raise BadRequest(f"Model '{model.name}' is a {model.type} model; /v1/{op} needs a {model_type} model.")
+    if model.type not in TASK_INPUTS:
+        raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
     params = request_params(request)
     settings = current_app.config["SETTINGS"]
     if session_id := request.args.get("session_id"):
@@ -54,7 +75,7 @@ def infer(op: str, model_type: str, task_inputs=lambda params, image: {}):
         image = read_uploaded_image(request, settings.max_image_voxels)
     if model.task.dimension == 3:
         require_3d(image, model.name)
-    mask, result = run_model(model, image, task_inputs(params, image), device=settings.device)
+    mask, result = run_model(model, image, TASK_INPUTS[model.type](params, image), device=settings.device)
     return mask_reply(mask, image, result, params, request.args.get("output"))
 
 
@@ -65,18 +86,14 @@ def segmentation():
 
 @bp.post("/v1/dextr3d")
 def dextr3d():
-    def extreme_points(params: dict, image) -> dict:
-        return {"points": parse_points(params, "points", image.GetSize(), min_count=6)}
-
-    return infer("dextr3d", "annotation", extreme_points)
+    return infer("dextr3d", "annotation")
 
 
 @bp.post("/v1/deepgrow")
 def deepgrow():
-    def clicks(params: dict, image) -> dict:
-        return {
-            "foreground": parse_points(params, "foreground", image.GetSize(), min_count=1),
-            "background": parse_points(params, "background", image.GetSize()),
-        }
+    return infer("deepgrow", "deepgrow")
 
-    return infer("deepgrow", "deepgrow", clicks)
+
+@bp.post("/v1/inference")
+def inference():
+    return infer("inference")
