@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -36,12 +37,37 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     for blueprint in (inference.bp, sessions.bp, ops.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    register_request_log(app)
     # Clients keep any path prefix of the server URL: honour a proxy's X-Forwarded-Prefix, or serve under
     # a configured prefix directly (http://host/aiaa/v1/models).
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=0, x_host=0, x_prefix=1)
     if settings.url_prefix:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {settings.url_prefix.rstrip("/"): app.wsgi_app})
     return app
+
+
+def register_request_log(app: Flask) -> None:
+    """One structured line per request; never bodies, file names or other patient data."""
+    request_log = logging.getLogger("aiaa.requests")
+
+    @app.before_request
+    def start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def log_request(response):
+        latency_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        request_log.info(
+            "method=%s path=%s model=%s session=%s status=%d bytes=%s latency_ms=%.1f",
+            request.method,
+            request.path,
+            request.args.get("model", "-"),
+            request.args.get("session_id", "-"),
+            response.status_code,
+            response.content_length if response.content_length is not None else "-",
+            latency_ms,
+        )
+        return response
 
 
 def register_error_handlers(app: Flask) -> None:
