@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .blueprints import inference, ops, sessions
+from .blueprints import inference, ops, polygons, sessions
 from .errors import ApiError
 from .registry import ModelRegistry, load_app_models
 from .sessions import SessionStore
@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
-    for blueprint in (inference.bp, sessions.bp, ops.bp):
+    for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_request_log(app)

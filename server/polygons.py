@@ -3,8 +3,8 @@
 A polygon is a float array of shape (n, 2) of `[i, j]` voxel indices (the file's index order, i fastest),
 closed implicitly: the last vertex connects back to the first, which is not repeated. Contours run along
 voxel edges (half-integer coordinates between a foreground and a background voxel centre), so filling
-them with `skimage.draw.polygon`, which takes the voxels whose centres are inside, gives the mask back
-exactly when every vertex is kept. Only outer contours are returned: a hole is filled when rasterised.
+them with the voxels whose centres are inside (`fill_polygon`) gives the mask back exactly when every
+vertex is kept. Only outer contours are returned: a hole is filled when rasterised.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from skimage import draw, measure
+from skimage import measure
 
 Polygon = np.ndarray
 """(n, 2) float `[i, j]` vertices."""
@@ -63,7 +63,7 @@ def move_vertex(polygon: Polygon, vertex: int, offset: Sequence[float], neighbou
     count = len(polygon)
     steps = np.abs(np.arange(count) - vertex)
     steps = np.minimum(steps, count - steps)  # distance along the closed contour
-    weights = np.clip(1.0 - steps / float(neighbours + 2), 0.0, None)
+    weights = np.clip(1.0 - steps / float(neighbours + 1), 0.0, None)
     return polygon + weights[:, None] * np.asarray(offset, dtype=float)
 
 
@@ -108,13 +108,42 @@ def fix_polygon_3d(
     return fixed
 
 
+def fill_polygon(polygon: Polygon, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean `[i, j]` slice of the voxels whose centres lie inside `polygon` (even-odd rule).
+
+    The same voxels as `skimage.draw.polygon`, found by scanlines in time proportional to the boundary
+    rather than to bounding box × vertices (which takes 0.3 s for one organ contour on a 512² slice,
+    too slow to refill every slice of a 3D edit).
+    """
+    rows, cols = shape
+    i0, j0 = polygon[:, 0], polygon[:, 1]
+    i1, j1 = np.roll(i0, -1), np.roll(j0, -1)
+    # An edge crosses the rows r with min <= r < max: half-open, so a vertex on a row counts once, and a
+    # horizontal edge crosses none. Rows outside the grid are dropped whole, which keeps the pairs intact.
+    first = np.clip(np.ceil(np.minimum(i0, i1)), 0, rows).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(i0, i1)), 0, rows).astype(np.int64)
+    counts = np.maximum(stop - first, 0)
+    edge = np.repeat(np.arange(len(polygon)), counts)
+    row = first[edge] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    col = j0[edge] + (row - i0[edge]) * (j1[edge] - j0[edge]) / (i1[edge] - i0[edge])
+    order = np.lexsort((col, row))
+    row, col = row[order], col[order]
+    # Each row's crossings pair up into inside runs: voxel centres c with start < c < end.
+    start = np.clip(np.floor(col[0::2]) + 1, 0, cols).astype(np.int64)
+    end = np.clip(np.ceil(col[1::2]), 0, cols).astype(np.int64)
+    runs = end > start
+    marks = np.zeros((rows, cols + 1), dtype=np.int32)
+    np.add.at(marks, (row[0::2][runs], start[runs]), 1)
+    np.add.at(marks, (row[0::2][runs], end[runs]), -1)
+    return np.cumsum(marks, axis=1)[:, :cols] > 0
+
+
 def rasterise(polygons: list[Polygon], shape: tuple[int, int]) -> np.ndarray:
     """Boolean `[i, j]` slice with every polygon filled (union); parts outside the grid are clipped."""
     mask = np.zeros(shape, dtype=bool)
     for polygon in polygons:
         if len(polygon) >= 3:  # fewer vertices enclose nothing
-            rr, cc = draw.polygon(polygon[:, 0], polygon[:, 1], shape)
-            mask[rr, cc] = True
+            mask |= fill_polygon(polygon, shape)
     return mask
 
 

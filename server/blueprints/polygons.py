@@ -8,7 +8,6 @@ and older Python clients send.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +20,9 @@ from ..replies import mask_reply
 from ..uploads import read_uploaded_image, request_params
 
 bp = Blueprint("polygons", __name__)
+
+COORDINATE_LIMIT = 1e6
+"""Largest |coordinate| or |offset| accepted, in voxels: far beyond any image, small enough for exact sums."""
 
 ALIASES = {
     "poly": "prev_poly",
@@ -132,7 +134,7 @@ def whole_number(params: dict, name: str, *, default: int | None = None, minimum
         if default is None:
             raise BadRequest(f"'{name}' is missing; send it as a whole number.")
         return default
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise BadRequest(f"'{name}' must be a whole number ≥ {minimum}; got {json.dumps(value)}.")
@@ -145,9 +147,12 @@ def vertex_offset(params: dict) -> tuple[float, float]:
     if (
         not isinstance(value, list)
         or len(value) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= COORDINATE_LIMIT for v in value)
     ):
-        raise BadRequest(f"'vertex_offset' must be two numbers [dx, dy] in voxels; got {json.dumps(value)}.")
+        raise BadRequest(
+            f"'vertex_offset' must be two numbers [dx, dy] in voxels (within ±{COORDINATE_LIMIT:.0f}); "
+            f"got {json.dumps(value)}."
+        )
     return float(value[0]), float(value[1])
 
 
@@ -163,8 +168,15 @@ def parse_polygons(value, where: str) -> list[polygons.Polygon]:
             vertices = None
         if vertices is not None and vertices.size == 0:
             vertices = vertices.reshape(0, 2)
-        if vertices is None or vertices.ndim != 2 or vertices.shape[1] != 2 or not np.isfinite(vertices).all():
-            raise BadRequest(f"Polygon {index} of {where} is not a list of [x, y] vertices (numbers).")
+        if (
+            vertices is None
+            or vertices.ndim != 2
+            or vertices.shape[1] != 2
+            or not (np.abs(vertices) <= COORDINATE_LIMIT).all()  # also refuses NaN and null
+        ):
+            raise BadRequest(
+                f"Polygon {index} of {where} is not a list of [x, y] vertices (numbers within ±{COORDINATE_LIMIT:.0f})."
+            )
         parsed.append(vertices)
     return parsed
 
