@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
-from flask import Request
+from flask import Request, current_app, request
 
 from .errors import BadRequest
 from .imageio import read_image, upload_basename
@@ -24,6 +24,13 @@ def upload_parts(request: Request) -> list:
             return request.files.getlist(name)
     series = sorted((k for k in request.files if SERIES_PART.match(k)), key=lambda k: int(k[5:]))
     return [request.files[k] for k in series]
+
+
+def request_image() -> sitk.Image:
+    """The image a request works on: its session's decoded image when `session_id` is given, else the upload."""
+    if session_id := request.args.get("session_id"):
+        return current_app.extensions["aiaa.sessions"].get(session_id).image
+    return read_uploaded_image(request, current_app.config["SETTINGS"].max_image_voxels)
 
 
 def save_uploaded_parts(request: Request, folder: Path) -> list[Path]:

@@ -10,7 +10,7 @@ from ..inference import run_model
 from ..points import parse_points
 from ..registry import ModelRegistry
 from ..replies import mask_reply
-from ..uploads import read_uploaded_image, request_params
+from ..uploads import request_image, request_params
 
 bp = Blueprint("inference", __name__)
 
@@ -68,14 +68,11 @@ def infer(op: str, model_type: str | None = None):
     if model.type not in TASK_INPUTS:
         raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
     params = request_params(request)
-    settings = current_app.config["SETTINGS"]
-    if session_id := request.args.get("session_id"):
-        image = current_app.extensions["aiaa.sessions"].get(session_id).image
-    else:
-        image = read_uploaded_image(request, settings.max_image_voxels)
+    image = request_image()
     if model.task.dimension == 3:
         require_3d(image, model.name)
-    mask, result = run_model(model, image, TASK_INPUTS[model.type](params, image), device=settings.device)
+    device = current_app.config["SETTINGS"].device
+    mask, result = run_model(model, image, TASK_INPUTS[model.type](params, image), device=device)
     return mask_reply(mask, image, result, params, request.args.get("output"))
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import SimpleITK as sitk
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from .. import polygons
 from ..errors import BadRequest
 from ..imageio import to_array
 from ..replies import mask_reply
-from ..uploads import read_uploaded_image, request_params
+from ..uploads import request_image, request_params
 
 bp = Blueprint("polygons", __name__)
 
@@ -105,13 +104,6 @@ def fixpolygon():
 
     mask = polygons.polygons_to_mask(slices, size).reshape(image.GetSize())
     return mask_reply(mask, image, {"poly": reply_poly}, params, request.args.get("output"))
-
-
-def request_image() -> sitk.Image:
-    """The session's image when `session_id` is given, else the uploaded file."""
-    if session_id := request.args.get("session_id"):
-        return current_app.extensions["aiaa.sessions"].get(session_id).image
-    return read_uploaded_image(request, current_app.config["SETTINGS"].max_image_voxels)
 
 
 def param(params: dict, name: str):
