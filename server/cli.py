@@ -110,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.session_max_bytes / 2**20,
         help="total decoded image memory all sessions may hold (MB)",
     )
+    p.add_argument(
+        "--session-reap-interval",
+        type=float,
+        default=defaults.session_reap_interval_s,
+        help="seconds between sweeps that delete expired sessions and their files",
+    )
     p.set_defaults(func=serve)
 
     p = commands.add_parser("train", help="train one of the app's models")

@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -32,7 +33,8 @@ class ServedModel:
 
     @property
     def type(self) -> str:
-        return str(self.task.type)
+        task_type = self.task.type  # MONAI Label's InferType is a str Enum: serve its value
+        return task_type.value if isinstance(task_type, Enum) else str(task_type)
 
     @property
     def labels(self) -> list[str]:
@@ -65,7 +67,7 @@ def load_app_models(app_dir: Path, models: str = "all") -> list[ServedModel]:
     served = []
     for name, config in configs.load_configs(str(app_dir / "model"), {"models": models}).items():
         task = config.infer()
-        if not task.is_valid():
+        if not any(Path(p).is_file() for p in task.path):  # is_valid() is true for any task with a network
             logger.warning("not serving '%s': no weights at %s (run `aiaa train %s`)", name, task.path, name)
             continue
         served.append(ServedModel(name=name, task=task, source="app"))

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def start_server(tmp: Path, *extra: str) -> LiveServer:
         stderr=subprocess.PIPE,
         text=True,
     )
-    serving = threading.Event()
+    ended, serving = threading.Event(), threading.Event()
     lines: list[str] = []
 
     def watch() -> None:  # the server's stderr: readiness, and kept for failure reports
@@ -66,12 +67,14 @@ def start_server(tmp: Path, *extra: str) -> LiveServer:
             lines.append(line)
             if "Serving on" in line:
                 serving.set()
-        serving.set()
+        ended.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    if not serving.wait(STARTUP_TIMEOUT_S) or process.poll() is not None:
-        process.kill()
-        raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not serving.wait(0.1):  # wake on readiness; give up when the process ends or the deadline passes
+        if ended.is_set() or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
     return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo, session_dir)
 
 
