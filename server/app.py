@@ -11,7 +11,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .blueprints import inference, ops, polygons, sessions
-from .errors import ApiError
+from .errors import ApiError, PayloadTooLarge
 from .registry import ModelRegistry, load_app_models
 from .sessions import SessionStore
 from .settings import Settings
@@ -38,12 +38,23 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_request_log(app)
+
+    @app.before_request
+    def refuse_oversize_uploads():
+        """Refuse by the declared length, before anything reads (and buffers) the body."""
+        if request.content_length is not None and request.content_length > settings.max_upload_bytes:
+            raise PayloadTooLarge(too_large_message(settings.max_upload_bytes))
+
     # Clients keep any path prefix of the server URL: honour a proxy's X-Forwarded-Prefix, or serve under
     # a configured prefix directly (http://host/aiaa/v1/models).
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=0, x_host=0, x_prefix=1)
     if settings.url_prefix:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {settings.url_prefix.rstrip("/"): app.wsgi_app})
     return app
+
+
+def too_large_message(limit: int) -> str:
+    return f"The upload is too large; this server accepts at most {limit / 1024**2:.0f} MB."
 
 
 def register_request_log(app: Flask) -> None:
@@ -82,8 +93,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException):
         message = error.description or error.name
         if isinstance(error, RequestEntityTooLarge):
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            message = f"The upload is too large; this server accepts at most {limit / 1024**2:.0f} MB."
+            message = too_large_message(app.config["MAX_CONTENT_LENGTH"])
         body = ApiError(message, status=error.code, type=error.name.replace(" ", "")).to_json()
         return jsonify(body), error.code
 

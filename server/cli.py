@@ -35,6 +35,7 @@ def serve(args: argparse.Namespace) -> None:
         session_max_bytes=int(args.session_max_mb * 2**20),
         session_reap_interval_s=args.session_reap_interval,
         url_prefix=args.url_prefix,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
     )
     log_file = configure_logging(settings.log_dir)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -89,6 +90,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--app-dir", default=str(defaults.app_dir), help="the MONAI Label app whose models to serve")
     p.add_argument("--models", default=defaults.app_models, help="the app's models to serve (comma separated)")
     p.add_argument("--log-dir", default=str(defaults.log_dir))
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=defaults.max_upload_bytes / 2**20,
+        help="largest request body accepted (MB); larger uploads get 413",
+    )
     p.add_argument("--url-prefix", default=defaults.url_prefix, help="also serve every route under this path")
     p.add_argument("--threads", type=int, default=defaults.threads, help="request worker threads")
     p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")

@@ -1,5 +1,5 @@
-"""Sessions against a real server process: create → use → expire → 440, DICOM series sessions, the
-reaper deleting files, sessions never mixing, and the memory cap."""
+"""Against a real server process configured with small limits: sessions (create → use → expire → 440,
+DICOM series, the reaper, no mixing, the memory cap), the upload limit, a URL prefix, output modes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from lib.evaluation import centre_click, dice
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
 
-MAX_EXPIRY_S = 3
+MAX_EXPIRY_S = 30
+MAX_UPLOAD_MB = 20
 DEADLINE_S = 30
 
 
@@ -30,6 +31,10 @@ def server(tmp_path_factory):
         "0.2",
         "--session-max-mb",
         "40",
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+        "--url-prefix",
+        "/aiaa",
     )
     yield live
     stop_server(live)
@@ -130,3 +135,42 @@ def test_memory_cap_refuses_new_sessions_clearly(server, tmp_path):
     assert second.status_code == 503 and "Session storage is full" in second.json()["error"]["message"]
     assert requests.get(f"{server.url}/session/{first['session_id']}", timeout=10).status_code == 200
     assert sorted(p.name for p in (server.session_dir / "incoming").iterdir()) == []  # nothing left behind
+
+
+def test_oversize_upload_is_413_and_server_carries_on(server):
+    reply = requests.post(
+        f"{server.url}/v1/segmentation",
+        params={"model": "segmentation_spleen"},
+        files={"datapoint": ("big.nii.gz", b"\0" * (MAX_UPLOAD_MB * 2**20 + 1))},
+        timeout=60,
+    )
+    assert reply.status_code == 413 and f"at most {MAX_UPLOAD_MB} MB" in reply.json()["error"]["message"]
+    assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_url_prefix_serves_the_same_routes(server):
+    for path in ("/v1/models", "/aiaa/v1/models"):
+        reply = requests.get(f"{server.url}{path}", params={"type": "deepgrow"}, timeout=10)
+        assert reply.status_code == 200 and [m["name"] for m in reply.json()] == ["deepgrow_3d"]
+
+
+def test_output_modes_and_writer_options(server, phantoms, tmp_path):
+    phantom, path = phantoms[0]
+    files = [("datapoint", (path.name, path.read_bytes()))]
+    as_json = post(server.url, "segmentation", "segmentation_spleen", files, output="json")
+    assert as_json.headers["Content-Type"] == "application/json" and "points" in as_json.json()
+    bare = post(
+        server.url,
+        "segmentation",
+        "segmentation_spleen",
+        files,
+        {"result_extension": ".nrrd", "result_dtype": "int16"},
+        output="image",
+    )
+    assert bare.headers["Content-Type"] == "application/octet-stream"
+    assert 'filename="result.nrrd"' in bare.headers["Content-Disposition"]
+    mask = read_mask(bare.content, "bare.nrrd", tmp_path)
+    assert_same_grid(mask, phantom.image)
+    assert mask.GetPixelIDTypeAsString() == "16-bit signed integer"
+    bad = post(server.url, "segmentation", "segmentation_spleen", files, output="pdf")
+    assert bad.status_code == 400 and "output=image" in bad.json()["error"]["message"]
