@@ -62,11 +62,16 @@ def add_corrective_clicks(network: torch.nn.Module, samples: list[dict], rounds:
             sample["label"] = np.asarray(sample["label"])
             sample.update(FindDiscrepancyRegionsd(label="label", pred="pred", discrepancy="discrepancy")(sample))
             sample["probability"] = 1.0
-            # MONAI's guidance layout: [[foreground [d, i, j, k]...], [background ...]], [-1, ...] = none
-            sample["guidance"] = [[[0, *p] for p in sample[k]] or [[-1] * 4] for k in DeepGrow3D.points_keys]
+            sample["guidance"] = monai_guidance([sample[k] for k in DeepGrow3D.points_keys])
             clicks = json.loads(click_transform(sample)["guidance"])
             for key, points in zip(DeepGrow3D.points_keys, clicks, strict=True):
                 sample[key] = [p[1:] for p in points if p[0] >= 0]
+
+
+def monai_guidance(point_lists: list[list[list[int]]]) -> list[list[list[int]]]:
+    """MONAI's deepgrow guidance layout: one list per kind of [d, i, j, k], padded with [-1, ...] to one length."""
+    length = max(1, *(len(points) for points in point_lists))
+    return [[[0, *p] for p in points] + [[-1] * 4] * (length - len(points)) for points in point_lists]
 
 
 def interaction_rounds(rng: np.random.Generator) -> int:
