@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import SimpleITK as sitk
-from flask import Request, current_app, request
+from flask import current_app, request
 
 from .errors import BadRequest
 from .imageio import read_image, upload_basename
@@ -17,7 +17,7 @@ SERIES_PART = re.compile(r"image\d+$")
 UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def upload_parts(request: Request) -> list:
+def upload_parts() -> list:
     """The uploaded image part(s): `datapoint` (Python client, Slicer), `image`, or `image0..N` (a series)."""
     for name in ("datapoint", "image"):
         if name in request.files:
@@ -30,12 +30,12 @@ def request_image() -> sitk.Image:
     """The image a request works on: its session's decoded image when `session_id` is given, else the upload."""
     if session_id := request.args.get("session_id"):
         return current_app.extensions["aiaa.sessions"].get(session_id).image
-    return read_uploaded_image(request, current_app.config["SETTINGS"].max_image_voxels)
+    return read_uploaded_image(current_app.config["SETTINGS"].max_image_voxels)
 
 
-def save_uploaded_parts(request: Request, folder: Path) -> list[Path]:
+def save_uploaded_parts(folder: Path) -> list[Path]:
     """Save the uploaded image part(s) under `folder` with harmless names that keep their extensions."""
-    parts = upload_parts(request)
+    parts = upload_parts()
     if not parts:
         raise BadRequest(
             "No image in the request: attach the volume as the 'datapoint' (or 'image') file part, "
@@ -51,10 +51,10 @@ def save_uploaded_parts(request: Request, folder: Path) -> list[Path]:
     return paths
 
 
-def read_uploaded_image(request: Request, max_voxels: int) -> sitk.Image:
+def read_uploaded_image(max_voxels: int) -> sitk.Image:
     """Decode the uploaded volume (or DICOM series) with its full geometry."""
     with tempfile.TemporaryDirectory(prefix="aiaa-upload-") as tmp:
-        return read_image(save_uploaded_parts(request, Path(tmp)), max_voxels=max_voxels)
+        return read_image(save_uploaded_parts(Path(tmp)), max_voxels=max_voxels)
 
 
 def safe_name(filename: str) -> str:
@@ -63,7 +63,7 @@ def safe_name(filename: str) -> str:
     return name or "upload"
 
 
-def request_params(request: Request) -> dict:
+def request_params() -> dict:
     """The `params` field as a dict: absent → {}, not JSON or not an object → 400."""
     raw = request.form.get("params")
     if raw is None or raw.strip() == "":

@@ -67,7 +67,7 @@ def infer(op: str, model_type: str | None = None):
         raise BadRequest(f"Model '{model.name}' is a {model.type} model; /v1/{op} needs a {model_type} model.")
     if model.type not in TASK_INPUTS:
         raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
-    params = request_params(request)
+    params = request_params()
     image = request_image()
     if model.task.dimension == 3:
         require_3d(image, model.name)

@@ -34,7 +34,7 @@ ALIASES = {
 
 @bp.post("/v1/mask2polygon")
 def mask2polygon():
-    params = request_params(request)
+    params = request_params()
     more_points = whole_number(params, "more_points", default=1, minimum=1)
     mask = request_image()
     size = "×".join(str(s) for s in mask.GetSize())
@@ -51,7 +51,7 @@ def mask2polygon():
 
 @bp.post("/v1/fixpolygon")
 def fixpolygon():
-    params = request_params(request)
+    params = request_params()
     dimension = whole_number(params, "dimension", default=2)
     if dimension not in (2, 3):
         raise BadRequest(f"'dimension' must be 2 (one slice) or 3 (all slices); got {dimension}.")

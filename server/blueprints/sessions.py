@@ -38,9 +38,9 @@ def create_session():
     incoming.mkdir(exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=incoming))
     try:
-        paths = save_uploaded_parts(request, folder)
+        paths = save_uploaded_parts(folder)
         image = read_image(paths, max_voxels=current_app.config["SETTINGS"].max_image_voxels)
-        session = store().create(image, folder, upload_basename(upload_parts(request)[0].filename or ""), expiry)
+        session = store().create(image, folder, upload_basename(upload_parts()[0].filename or ""), expiry)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
