@@ -1,0 +1,111 @@
+"""MRML nodes ↔ the core's plain data: export a volume, read clicks in world coordinates, write masks into
+segments. Uses only MRML/VTK classes (no Qt), so it runs under `slicer-core` outside the application."""
+
+from __future__ import annotations
+
+import numpy as np
+import slicer
+import vtk
+from AIAASegmentLib import BadInput, Volume, compact_labels, matrix_in_frame
+
+
+def to_world_matrix(node) -> np.ndarray | None:
+    """The node's parent transforms as a 4×4 to world; None when it has none."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return None
+    if not parent.IsTransformToWorldLinear():
+        raise BadInput(
+            f"'{node.GetName()}' sits under a warping (non-linear) transform. Harden the transform "
+            "(Transforms module) before using AIAA."
+        )
+    matrix = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def volume_from_node(volume_node) -> Volume:
+    """The volume as the server will get it: a copy of its voxels ([i, j, k]), its IJK→RAS, its parents."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        raise BadInput("Select a volume (a loaded image) first.")
+    if volume_node.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise BadInput(f"'{volume_node.GetName()}' is a colour image; AIAA models need a grayscale volume.")
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    voxels = np.array(slicer.util.arrayFromVolume(volume_node)).T  # [k, j, i] → [i, j, k]
+    return Volume(voxels, slicer.util.arrayFromVTKMatrix(ijk_to_ras), to_world_matrix(volume_node))
+
+
+def volume_key(volume_node) -> tuple:
+    """Changes whenever the voxels, the geometry or the parent transforms change: when to export again."""
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    parent = to_world_matrix(volume_node)
+    return (
+        volume_node.GetID(),
+        volume_node.GetImageData().GetMTime() if volume_node.GetImageData() else 0,
+        slicer.util.arrayFromVTKMatrix(ijk_to_ras).tobytes(),
+        None if parent is None else parent.tobytes(),
+    )
+
+
+def control_points_world(markups_node) -> np.ndarray:
+    """World positions (N×3) of the placed control points; points still being placed are left out."""
+    if markups_node is None:
+        return np.empty((0, 3))
+    placed = []
+    for n in range(markups_node.GetNumberOfControlPoints()):
+        if markups_node.GetNthControlPointPositionStatus(n) != markups_node.PositionDefined:
+            continue
+        position = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPositionWorld(n, position)
+        placed.append(position)
+    return np.asarray(placed, dtype=float).reshape(-1, 3)
+
+
+def write_segment(mask: np.ndarray, volume: Volume, segmentation_node, segment_id: str) -> None:
+    """Replace the content of one segment with the binary mask (mask > 0) on the volume's grid."""
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise BadInput("Select a segment to write into (add one in the Segment Editor).")
+    _import((mask > 0).astype(np.uint8), volume, segmentation_node, [segment_id])
+
+
+def write_label_segments(
+    mask: np.ndarray, names: list[tuple[int, str]], volume: Volume, segmentation_node
+) -> list[str]:
+    """One segment per (value, name): an existing segment of that name is replaced, others are added."""
+    segmentation = segmentation_node.GetSegmentation()
+    ids = []
+    for _, name in names:
+        segment_id = segmentation.GetSegmentIdBySegmentName(name)
+        ids.append(segment_id or segmentation.AddEmptySegment("", name))
+    _import(compact_labels(mask, [value for value, _ in names]), volume, segmentation_node, ids)
+    return ids
+
+
+def _import(labels: np.ndarray, volume: Volume, segmentation_node, segment_ids: list[str]) -> None:
+    """Import labels 1..N into the segments `segment_ids`, placed where the volume is shown.
+
+    The temporary labelmap is put under the segmentation's own parent transform with the volume's grid
+    expressed in that frame, so the import sees no transform between the two: Slicer's import with
+    explicit segment ids applies a labelmap's parent transform twice.
+    """
+    scene = segmentation_node.GetScene()
+    labelmap = slicer.vtkMRMLLabelMapVolumeNode()
+    labelmap.SetName("AIAA result")
+    labelmap.SetHideFromEditors(True)
+    scene.AddNode(labelmap)
+    try:
+        placement = matrix_in_frame(volume.ijk_to_world, to_world_matrix(segmentation_node))
+        labelmap.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(placement))
+        slicer.util.updateVolumeFromArray(labelmap, np.ascontiguousarray(labels.astype(np.uint16).T))
+        if segmentation_node.GetParentTransformNode() is not None:
+            labelmap.SetAndObserveTransformNodeID(segmentation_node.GetParentTransformNode().GetID())
+        ids = vtk.vtkStringArray()
+        for segment_id in segment_ids:
+            ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ImportLabelmapToSegmentationNode(labelmap, segmentation_node, ids):
+            raise BadInput("Slicer could not write the result into the segmentation.")
+    finally:
+        scene.RemoveNode(labelmap)
