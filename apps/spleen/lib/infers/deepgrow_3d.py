@@ -14,7 +14,7 @@ class DeepGrow3D(InteractiveTask):
     points_keys = ("foreground", "background")
     crop_size = (80, 80, 80)
     padding_mm = 24.0
-    min_size_mm = 160.0
+    min_size_mm = 128.0
     sigma = 2.0
     model_info = {"deepgrow": "3D"}
 

@@ -73,15 +73,19 @@ class TrainingObject:
         return MetaTensor((torch.as_tensor(label) == self.value).to(torch.uint8), meta=label.meta)
 
 
-def objects(items: list[dict], *, skip: set[int] = frozenset(), min_voxels: int = 300) -> list[TrainingObject]:
-    """Every label value (but `skip`) of every item with at least `min_voxels` voxels."""
+def objects(
+    items: list[dict], *, skip: set[int] = frozenset(), min_voxels: int = 300, min_volume_ml: float = 0.0
+) -> list[TrainingObject]:
+    """Every label value (but `skip`) of every item with at least `min_voxels` voxels and `min_volume_ml` mL."""
     found = []
     for index, item in enumerate(items):
         label = np.asarray(item["label"][0])
+        voxel_ml = float(np.prod(np.asarray(item["label"].pixdim[:3], dtype=float))) / 1000.0
+        min_voxels_here = max(min_voxels, int(np.ceil(min_volume_ml / voxel_ml)))
         for value in np.unique(label):
             if value == 0 or int(value) in skip:
                 continue
             voxels = np.argwhere(label == value)
-            if len(voxels) >= min_voxels:
+            if len(voxels) >= min_voxels_here:
                 found.append(TrainingObject(index, int(value), tuple(voxels.min(0)), tuple(voxels.max(0) + 1)))
     return found

@@ -19,6 +19,7 @@ from monai.utils import set_determinism
 from lib.infers.deepgrow_3d import DeepGrow3D
 from lib.infers.interactive import click_preprocessing
 from lib.networks import deepgrow_network
+from server.phantoms import LABELS
 
 from .interactive import ObjectPool, batch, run_pipeline, validation_dice
 from .loop import fit
@@ -36,7 +37,7 @@ def make_sample(
     sub = np.asarray(mask[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]])
     seed = json.loads(seed_transform({"label": sub})["guidance"])[0][0]  # [distance, i, j, k] in the sub-volume
     click = (np.asarray(seed[1:]) + start).tolist()
-    min_size = rng.uniform(130.0, 200.0) if jitter else DeepGrow3D.min_size_mm
+    min_size = rng.uniform(110.0, 170.0) if jitter else DeepGrow3D.min_size_mm
     transforms = click_preprocessing(
         ("image", "label"),
         ("trilinear", "nearest"),
@@ -91,7 +92,9 @@ def train(
 ) -> dict:
     """Train on phantom organs (+ real CT organs when present); validate with one click on held-out spleens."""
     set_determinism(seed)
-    pool = ObjectPool(seed, num_train, num_val)
+    # Blob-like objects only: tubes (aorta, IVC) and the ribs are not what a click-from-the-centre model is for.
+    skip = frozenset(LABELS[name] for name in ("aorta", "ivc", "rib"))
+    pool = ObjectPool(seed, num_train, num_val, skip_phantom_labels=skip, min_volume_ml=5.0)
     rng = pool.rng
     seed_transform = AddInitialSeedPointd(label="label", guidance="guidance")
     seed_transform.set_random_state(seed=seed)
@@ -109,4 +112,24 @@ def train(
     def validate(network) -> float:
         return validation_dice(network, val_samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
 
-    return fit(deepgrow_network(), next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    network = deepgrow_network()
+    warm_start(network, model_path.parent / "extreme_points.pt")
+    return fit(network, next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch)
+
+
+def warm_start(network: torch.nn.Module, extreme_points_weights: Path) -> None:
+    """Start from the trained extreme-points UNet (same network, one input channel fewer): it already
+    segments the object a heatmap points at. Its CT and heatmap input filters seed the CT and foreground
+    channels; the background-click channel starts at zero."""
+    if not extreme_points_weights.is_file():
+        return
+    source = torch.load(extreme_points_weights, map_location="cpu", weights_only=True)
+    target = network.state_dict()
+    for key, value in source.items():
+        if target[key].shape == value.shape:
+            target[key] = value
+        else:  # the first convolution(s): (out, 2, ...) → (out, 3, ...)
+            target[key] = torch.zeros_like(target[key])
+            target[key][:, : value.shape[1]] = value
+    network.load_state_dict(target)
+    print(f"warm start from {extreme_points_weights}", flush=True)

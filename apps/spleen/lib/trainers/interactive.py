@@ -18,20 +18,28 @@ from server.phantoms import LABELS
 from .data import REAL_HELD_OUT, VALIDATION_SEED_OFFSET, TrainingObject, objects, phantom_items, real_items
 from .loop import dice_score
 
-SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
 
 
 class ObjectPool:
     """Training and validation objects; `sample()` draws a training object uniformly."""
 
-    def __init__(self, seed: int, num_train: int, num_val: int, shared_data: Path | None = SHARED_DATA):
+    def __init__(
+        self,
+        seed: int,
+        num_train: int,
+        num_val: int,
+        shared_data: Path | None = SHARED_DATA,
+        skip_phantom_labels: frozenset[int] = frozenset(),
+        min_volume_ml: float = 0.0,
+    ):
         self.rng = np.random.default_rng(seed)
         phantoms = phantom_items(range(seed, seed + num_train), self.rng)
         real = real_items(shared_data) if shared_data and shared_data.is_dir() else []
         self.items = phantoms + real
-        self.objects = objects(phantoms) + [
+        self.objects = objects(phantoms, skip=set(skip_phantom_labels), min_volume_ml=min_volume_ml) + [
             TrainingObject(o.item + len(phantoms), o.value, o.start, o.end)
-            for o in objects(real, skip=set(REAL_HELD_OUT))
+            for o in objects(real, skip=set(REAL_HELD_OUT), min_volume_ml=min_volume_ml)
         ]
         self.val_items = phantom_items(
             range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), self.rng
