@@ -40,6 +40,13 @@ def result_reply(params: dict, mask_bytes: bytes | None, filename: str, output: 
     return Response(body, content_type=encoder.content_type, headers={"Content-Length": str(len(body))})
 
 
+def flag(value) -> bool:
+    """A boolean param as clients send it: true/false, 1/0, or the strings "true"/"false"."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
 def mask_reply(mask, reference, result: dict, params: dict, output: str | None = None) -> Response:
     """Encode the mask on the reference grid with the request's writer options, then reply."""
     extension = params.get("result_extension") or ".nii.gz"
@@ -48,6 +55,6 @@ def mask_reply(mask, reference, result: dict, params: dict, output: str | None =
         reference,
         extension=extension,
         dtype=params.get("result_dtype") or "uint8",
-        compress=bool(params.get("result_compress", True)),
+        compress=flag(params.get("result_compress", True)),
     )
     return result_reply(result, mask_bytes, f"result{extension}", output)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import requests
+import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 
 from lib.evaluation import centre_click, dice, extreme_points
@@ -23,7 +26,7 @@ def case(tmp_path_factory):
 def test_inference_dispatches_slicer_deepgrow_dict(live_server, case, tmp_path):
     phantom, files, truth = case
     click = centre_click(truth)
-    params = {"foreground": [click], "background": [], "current_point": click}
+    params = {"foreground": [click], "background": [], "current_point": [click]}  # Slicer sends [[x, y, z]]
     result, name, data = parse_result(post(live_server.url, "inference", "deepgrow_3d", files, params))
     mask = read_mask(data, name, tmp_path)
     assert_same_grid(mask, phantom.image)
@@ -64,3 +67,50 @@ def test_bad_points_and_wrong_model_type(live_server, case, op, model, params, f
     reply = post(live_server.url, op, model, files, params)
     assert reply.status_code == 400, reply.text
     assert fragment in reply.json()["error"]["message"]
+
+
+def test_mask2polygon_and_fixpolygon_on_a_live_server(live_server, case, tmp_path):
+    phantom, files, truth = case
+    mask_path = tmp_path / "spleen.nii.gz"
+    sitk.WriteImage(phantom.label == LABELS["spleen"], str(mask_path))
+    reply = requests.post(
+        f"{live_server.url}/v1/mask2polygon",
+        data={"params": json.dumps({"more_points": 2})},
+        files={"datapoint": (mask_path.name, mask_path.read_bytes())},
+        timeout=60,
+    )
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "application/json"
+    slices = reply.json()
+    assert len(slices) == phantom.image.GetSize()[2]
+    k = int(np.argmax([truth[:, :, z].sum() for z in range(truth.shape[2])]))
+    assert slices[k] and all(len(polygon) >= 3 for polygon in slices[k])
+    params = {
+        "poly": slices[k],
+        "vertex_offset": [2, 0],
+        "dimension": 2,
+        "polygon_index": 0,
+        "vertex_index": 0,
+        "propagate_neighbor": 2,
+        "slice_index": k,
+    }
+    result, name, data = parse_result(post(live_server.url, "fixpolygon", "", files, params))
+    moved = result["poly"][0][0]
+    assert moved == pytest.approx([slices[k][0][0][0] + 2, slices[k][0][0][1]])
+    mask = read_mask(data, name, tmp_path)
+    assert_same_grid(mask, phantom.image)
+    assert to_ijk(mask)[:, :, k].sum() > 0 and to_ijk(mask)[:, :, (k + 5) % truth.shape[2]].sum() == 0
+
+
+def test_result_compress_false_as_a_string(live_server, case, tmp_path):
+    phantom, files, _ = case
+    _, name, data = parse_result(
+        post(
+            live_server.url,
+            "segmentation",
+            "segmentation_spleen",
+            files,
+            {"result_compress": "false", "result_extension": ".nrrd"},
+        )
+    )
+    assert name == "result.nrrd" and b"encoding: raw" in data[:400]
+    assert_same_grid(read_mask(data, name, tmp_path), phantom.image)

@@ -4,6 +4,7 @@ DICOM series, the reaper, no mixing, the memory cap), the upload limit, a URL pr
 from __future__ import annotations
 
 import time
+import zipfile
 
 import pytest
 import requests
@@ -174,3 +175,14 @@ def test_output_modes_and_writer_options(server, phantoms, tmp_path):
     assert mask.GetPixelIDTypeAsString() == "16-bit signed integer"
     bad = post(server.url, "segmentation", "segmentation_spleen", files, output="pdf")
     assert bad.status_code == 400 and "output=image" in bad.json()["error"]["message"]
+
+
+def test_zip_session_with_uncompress(server, phantoms, tmp_path):
+    phantom, _ = phantoms[1]
+    files = write_dicom_series(phantom.image, tmp_path / "dicom")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in files:
+            z.write(f, f"study/{f.name}")
+    created = create(server.url, {"image": (archive.name, archive.read_bytes())}, uncompress="true", save_as="x")
+    assert created["session_info"]["size"] == list(phantom.image.GetSize())
