@@ -67,6 +67,7 @@ def test_bad_points_and_wrong_model_type(live_server, case, op, model, params, f
     reply = post(live_server.url, op, model, files, params)
     assert reply.status_code == 400, reply.text
     assert fragment in reply.json()["error"]["message"]
+    assert requests.get(f"{live_server.url}/v1/models", timeout=10).status_code == 200  # and carries on
 
 
 def test_mask2polygon_and_fixpolygon_on_a_live_server(live_server, case, tmp_path):
