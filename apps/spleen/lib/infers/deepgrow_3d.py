@@ -10,21 +10,15 @@ from .interactive import InteractiveTask
 class DeepGrow3D(InteractiveTask):
     """The crop is centred on the foreground clicks, at least `min_size_mm` wide (grows as clicks spread)."""
 
+    task_type = InferType.DEEPGROW
+    summary = "DeepGrow 3D: click on an object to segment it"
     box_points = ("foreground",)
     points_keys = ("foreground", "background")
     crop_size = (80, 80, 80)
     padding_mm = 24.0
     min_size_mm = 128.0
     sigma = 2.0
-    model_info = {"deepgrow": "3D"}
 
-    def __init__(self, path, network, description="DeepGrow 3D: click on an object to segment it", **kwargs):
-        super().__init__(
-            path=path,
-            network=network,
-            type=InferType.DEEPGROW,
-            labels=[],
-            dimension=3,
-            description=description,
-            **kwargs,
-        )
+    @property
+    def model_info(self) -> dict:
+        return {"deepgrow": "3D"}

@@ -10,20 +10,14 @@ from .interactive import InteractiveTask
 class ExtremePoints(InteractiveTask):
     """Crop = bounding box of the points plus `padding_mm` (AIAA's `padding`), resampled to `roi`."""
 
+    task_type = InferType.ANNOTATION
+    summary = "Extreme points: click 6 boundary points of an object"
     box_points = ("points",)
     points_keys = ("points",)
     crop_size = (80, 80, 80)
     padding_mm = 20.0
     sigma = 3.0
 
-    def __init__(self, path, network, description="Extreme points: click 6 boundary points of an object", **kwargs):
-        super().__init__(
-            path=path,
-            network=network,
-            type=InferType.ANNOTATION,
-            labels=[],
-            dimension=3,
-            description=description,
-            **kwargs,
-        )
-        self.model_info = {"padding": self.padding_mm, "roi": list(self.crop_size), "sigma": self.sigma}
+    @property
+    def model_info(self) -> dict:
+        return {"padding": self.padding_mm, "roi": list(self.crop_size), "sigma": self.sigma}

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import EnsureTyped, ScaleIntensityRanged
+from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
@@ -45,13 +46,24 @@ def click_preprocessing(
 class InteractiveTask(BasicInferTask):
     """Point-driven 3D task: subclasses say which points shape the box and which become heatmaps."""
 
+    task_type: InferType
+    summary: str  # the model's description
     box_points: tuple[str, ...] = ()
     points_keys: tuple[str, ...] = ()
     crop_size: tuple[int, int, int] = (80, 80, 80)
     padding_mm: float = 20.0
     min_size_mm: float = 0.0
     sigma: float = 2.0
-    model_info: dict = {}
+
+    def __init__(self, path, network, **kwargs):
+        super().__init__(
+            path=path, network=network, type=self.task_type, labels=[], dimension=3, description=self.summary, **kwargs
+        )
+
+    @property
+    def model_info(self) -> dict:
+        """Extra keys of the AIAA model object (`/v1/models`)."""
+        return {}
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         return [
