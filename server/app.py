@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .auth import effective_credentials
 from .blueprints import inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
 from .registry import ModelRegistry, load_app_models
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if registry is None:
         registry = ModelRegistry(settings.model_repo, load_app_models(settings.app_dir, settings.app_models))
     app.extensions["aiaa.registry"] = registry
+    app.extensions["aiaa.admin_credentials"] = effective_credentials(settings.admin_credentials, settings.host)
     store = SessionStore(
         settings.session_dir, settings.session_expiry_s, settings.session_max_expiry_s, settings.session_max_bytes
     )
@@ -87,7 +89,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
         logger.info("%s %s: %s", error.status, error.type, error.message)
-        return jsonify(error.to_json()), error.status
+        return jsonify(error.to_json()), error.status, error.headers
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -19,6 +19,7 @@ def serve(args: argparse.Namespace) -> None:
     import waitress
 
     from .app import create_app
+    from .auth import load_credentials
     from .logs import configure_logging
 
     settings = Settings(
@@ -36,6 +37,7 @@ def serve(args: argparse.Namespace) -> None:
         session_reap_interval_s=args.session_reap_interval,
         url_prefix=args.url_prefix,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
+        admin_credentials=load_credentials(args.admin_config),
     )
     log_file = configure_logging(settings.log_dir)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -98,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url-prefix", default=defaults.url_prefix, help="also serve every route under this path")
     p.add_argument("--threads", type=int, default=defaults.threads, help="request worker threads")
+    p.add_argument(
+        "--admin-config",
+        type=Path,
+        help='JSON file {"user", "password", "token"} with the admin credentials (AIAA_ADMIN_* env vars win)',
+    )
     p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")
     p.add_argument(
         "--session-expiry",

@@ -13,9 +13,12 @@ class ApiError(Exception):
     status = 500
     type = "InternalError"
 
-    def __init__(self, message: str, *, status: int | None = None, type: str | None = None):
+    def __init__(
+        self, message: str, *, status: int | None = None, type: str | None = None, headers: dict | None = None
+    ):
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
         if status is not None:
             self.status = status
         if type is not None:

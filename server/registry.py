@@ -51,7 +51,7 @@ class ServedModel:
             "description": self.task.description,
             "version": self.version,
             "dimension": self.task.dimension,
-            "engine": "torch",
+            "engine": getattr(self.task, "engine", "torch"),
             "source": self.source,
             "status": "ready",
             **getattr(self.task, "model_info", {}),
