@@ -11,8 +11,9 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .auth import effective_credentials
-from .blueprints import inference, ops, polygons, sessions
+from .blueprints import dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
+from .metrics import Metrics
 from .registry import ModelRegistry, load_app_models
 from .sessions import SessionStore
 from .settings import Settings
@@ -36,7 +37,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
-    for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp):
+    app.extensions["aiaa.metrics"] = Metrics(registry, store)
+    for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_request_log(app)
@@ -60,7 +62,7 @@ def too_large_message(limit: int) -> str:
 
 
 def register_request_log(app: Flask) -> None:
-    """One structured line per request; never bodies, file names or other patient data."""
+    """One structured line per request (never bodies, file names or other patient data), and its metrics."""
     request_log = logging.getLogger("aiaa.requests")
 
     @app.before_request
@@ -69,7 +71,9 @@ def register_request_log(app: Flask) -> None:
 
     @app.after_request
     def log_request(response):
-        latency_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        latency_s = time.perf_counter() - g.get("started", time.perf_counter())
+        app.extensions["aiaa.metrics"].observe_request(request, response, latency_s)
+        latency_ms = latency_s * 1000
         request_log.info(
             "method=%s path=%s model=%s session=%s status=%d bytes=%s latency_ms=%.1f",
             request.method,

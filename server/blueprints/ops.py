@@ -1,27 +1,67 @@
-"""Operations: liveness for load balancers and the Docker HEALTHCHECK, and the server log."""
+"""Operations: liveness and readiness, Prometheus metrics, the server log, and the API's own description."""
 
 from __future__ import annotations
 
 import html
 from collections import deque
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
-from ..errors import BadRequest
+from ..errors import BadRequest, ServiceUnavailable
 from ..logs import LOG_FILE
+from ..metrics import app_metrics
+from ..openapi import Param, build_spec, document, json_reply, text_reply
 
 bp = Blueprint("ops", __name__)
 DEFAULT_LOG_LINES = 100
 
 
 @bp.get("/health")
+@document(reply=json_reply("The process is up.", {"type": "object", "properties": {"status": {"type": "string"}}}))
 def health():
+    """Liveness: the process answers (for load balancers and the Docker HEALTHCHECK)."""
     return jsonify({"status": "ok", "version": __version__})
+
+
+@bp.get("/ready")
+@document(
+    reply=json_reply("Every model is loaded.", {"type": "object", "properties": {"models": {"type": "array"}}}),
+    errors=(503,),
+)
+def ready():
+    """Readiness: 200 when every served model is loaded, 503 while any is loading or has failed."""
+    models = [model.info() for model in current_app.extensions["aiaa.registry"].list()]
+    waiting = [m for m in models if m.get("status", "ready") != "ready"]
+    if waiting:
+        states = ", ".join(
+            f"{m['name']} ({m.get('status')}{': ' + str(m['error']) if m.get('error') else ''})" for m in waiting
+        )
+        raise ServiceUnavailable(f"Not ready: {len(waiting)} of {len(models)} models are not loaded: {states}.")
+    return jsonify({"status": "ready", "models": [m["name"] for m in models]})
+
+
+@bp.get("/metrics")
+@document(reply=text_reply("Prometheus text exposition format."))
+def metrics():
+    """Prometheus metrics: requests, latency, inference stages, sessions, models, process."""
+    return Response(app_metrics().exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/logs")
 @bp.get("/logs/")
+@document(
+    query=[
+        Param("lines", "How many of the last lines to return (default 100).", {"type": "integer", "minimum": 1}),
+        Param("html", "'true' for a page that refreshes itself every 5 s.", {"type": "boolean"}),
+    ],
+    reply={
+        "description": "The last lines of the server log.",
+        "content": {"text/plain": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}}},
+    },
+    errors=(400,),
+)
 def logs():
     """The last `lines` lines of the server log as text; `html=true` gives a page that refreshes itself."""
     try:
@@ -40,3 +80,17 @@ def logs():
         )
         return Response(page, mimetype="text/html")
     return Response(text, mimetype="text/plain")
+
+
+@bp.get("/openapi.json")
+@document(reply=json_reply("The OpenAPI 3 document."))
+def openapi_json():
+    """This API as an OpenAPI 3 document, generated from the routes the server has now."""
+    return jsonify(build_spec(current_app, request.script_root or "/"))
+
+
+@bp.get("/docs")
+@document(reply=text_reply("Swagger UI page.", "text/html"))
+def docs():
+    """Interactive API documentation (Swagger UI, served locally) of /openapi.json."""
+    return render_template("docs.html", spec_url=url_for("ops.openapi_json"))
