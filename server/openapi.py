@@ -117,6 +117,13 @@ IMAGE_FORM = form_body(
     },
     description="Multipart form: 'params' JSON and the image file, unless session_id is given.",
 )
+SESSION_FORM = form_body(
+    {
+        "image": {**BINARY, "description": "The volume (or a .zip of a DICOM series with uncompress=true)"},
+        "image0": {**BINARY, "description": "First file of a DICOM series sent as image0..imageN"},
+    },
+    description="Multipart form with the image file(s).",
+)
 RESULT_REPLY = {
     "description": "multipart/form-data: a 'params' part (result JSON) then the mask file; "
     "with output=image the bare file, with output=json the JSON only.",
@@ -128,7 +135,9 @@ RESULT_REPLY = {
         "application/json": {"schema": {"type": "object"}},
     },
 }
-INFERENCE_ERRORS = (400, 404, 413, 415, 440, 503)
+INFERENCE_DOC = document(  # the four inference endpoints
+    query=[MODEL, SESSION_ID, OUTPUT], body=IMAGE_FORM, reply=RESULT_REPLY, errors=(400, 404, 413, 415, 440, 503)
+)
 MODEL_REF = {"$ref": "#/components/schemas/Model"}
 SESSION_INFO_REF = {"$ref": "#/components/schemas/SessionInfo"}
 
@@ -184,7 +193,6 @@ COMPONENTS = {
     },
     "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}, "bearer": {"type": "http", "scheme": "bearer"}},
 }
-
 
 def openapi_path(rule: Rule) -> tuple[str, list[dict]]:
     """`/session/<session_id>` → `/session/{session_id}` and its path parameters."""

@@ -7,6 +7,8 @@ from flask import Blueprint, current_app, jsonify, request
 from ..errors import BadRequest
 from ..imageio import require_3d
 from ..inference import run_model
+from ..metrics import record_inference
+from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..points import parse_points
 from ..registry import ModelRegistry
 from ..replies import mask_reply
@@ -26,7 +28,17 @@ def label_matches(labels: list[str], query: str) -> bool:
 
 
 @bp.get("/v1/models")
+@document(
+    query=[
+        Param("model", "Return only this model, as one object (404 if unknown)."),
+        Param("label", "Only models with a label equal to, containing or contained in this (case-insensitive)."),
+        Param("type", "Only models of this type (segmentation, annotation, deepgrow, ...)."),
+    ],
+    reply=json_reply("The served models (one object with ?model=).", {"type": "array", "items": MODEL_REF}),
+    errors=(404,),
+)
 def list_models():
+    """The served models (AIAA model objects)."""
     name = request.args.get("model")
     if name is not None:
         return jsonify(registry().get(name).info())
@@ -73,24 +85,33 @@ def infer(op: str, model_type: str | None = None):
         require_3d(image, model.name)
     device = current_app.config["SETTINGS"].device
     mask, result = run_model(model, image, TASK_INPUTS[model.type](params, image), device=device)
+    record_inference(model.name, result.get("latencies", {}))
     return mask_reply(mask, image, result, params, request.args.get("output"))
 
 
 @bp.post("/v1/segmentation")
+@INFERENCE_DOC
 def segmentation():
+    """Automatic segmentation of the whole volume (params {})."""
     return infer("segmentation", "segmentation")
 
 
 @bp.post("/v1/dextr3d")
+@INFERENCE_DOC
 def dextr3d():
+    """Annotation from at least 6 extreme points (params {"points": [[x, y, z], ...]})."""
     return infer("dextr3d", "annotation")
 
 
 @bp.post("/v1/deepgrow")
+@INFERENCE_DOC
 def deepgrow():
+    """Interactive segmentation from clicks (params "foreground", "background", "current_point")."""
     return infer("deepgrow", "deepgrow")
 
 
 @bp.post("/v1/inference")
+@INFERENCE_DOC
 def inference():
+    """Generic inference: dispatches on the model's type (segmentation, annotation or deepgrow params)."""
     return infer("inference")

@@ -15,6 +15,7 @@ from flask import Blueprint, jsonify, request
 from .. import polygons
 from ..errors import BadRequest
 from ..imageio import to_array
+from ..openapi import BINARY, PARAMS_FIELD, RESULT_REPLY, document, form_body, json_reply
 from ..replies import mask_reply
 from ..uploads import request_image, request_params
 
@@ -33,7 +34,13 @@ ALIASES = {
 
 
 @bp.post("/v1/mask2polygon")
+@document(
+    body=form_body({"params": PARAMS_FIELD, "datapoint": {**BINARY, "description": "Binary 3D mask"}}),
+    reply=json_reply("Per slice k, its polygons, each a list of [i, j] vertices.", {"type": "array"}),
+    errors=(400, 413, 415),
+)
 def mask2polygon():
+    """Contours of each axial slice of a binary mask (params {"more_points": N})."""
     params = request_params()
     more_points = whole_number(params, "more_points", default=1, minimum=1)
     mask = request_image()
@@ -50,7 +57,13 @@ def mask2polygon():
 
 
 @bp.post("/v1/fixpolygon")
+@document(
+    body=form_body({"params": PARAMS_FIELD, "datapoint": {**BINARY, "description": "The image the polygons are on"}}),
+    reply=RESULT_REPLY,
+    errors=(400, 413, 415),
+)
 def fixpolygon():
+    """Move one polygon vertex (and its neighbours) and return the polygons and their mask."""
     params = request_params()
     dimension = whole_number(params, "dimension", default=2)
     if dimension not in (2, 3):

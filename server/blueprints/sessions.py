@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..errors import BadRequest, NotFound, SessionExpired
 from ..imageio import read_image
+from ..openapi import SESSION_FORM, SESSION_INFO_REF, Param, document, json_reply
 from ..sessions import SessionStore
 from ..uploads import save_uploaded_parts, upload_basename, upload_parts
 
@@ -31,6 +32,18 @@ def requested_expiry() -> float | None:
 
 
 @bp.put("/session/")
+@document(
+    query=[
+        Param("expiry", "Seconds it lives after its last use (0 or absent: the default; capped).", {"type": "number"}),
+        Param("uncompress", "'true' when the upload is a zip of a DICOM series.", {"type": "boolean"}),
+    ],
+    body=SESSION_FORM,
+    reply=json_reply(
+        "The new session.",
+        {"type": "object", "properties": {"session_id": {"type": "string"}, "session_info": SESSION_INFO_REF}},
+    ),
+    errors=(400, 413, 415, 503),
+)
 def create_session():
     """Decode the uploaded volume (file, `image0..N` series or zip) once and keep it for later requests."""
     expiry = requested_expiry()
@@ -48,7 +61,13 @@ def create_session():
 
 
 @bp.get("/session/<session_id>")
+@document(
+    query=[Param("update_ts", "'true' to count this as a use (refreshes the expiry).", {"type": "boolean"})],
+    reply=json_reply("The session's image geometry and timestamps.", SESSION_INFO_REF),
+    errors=(404,),
+)
 def get_session(session_id: str):
+    """The session's information while it lives; 404 once unknown or expired."""
     touch = request.args.get("update_ts", "").lower() in ("1", "true", "yes")
     try:
         session = store().get(session_id, touch=touch)
@@ -58,6 +77,8 @@ def get_session(session_id: str):
 
 
 @bp.delete("/session/<session_id>")
+@document(reply=json_reply("Deleted, or already gone.", {"properties": {"deleted": {"type": "boolean"}}}))
 def delete_session(session_id: str):
+    """Delete the session and its files."""
     deleted = store().delete(session_id)
     return jsonify({"session_id": session_id, "deleted": deleted})
