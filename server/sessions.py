@@ -96,10 +96,9 @@ class SessionStore:
                     "try again later or send the image with the request instead."
                 )
             self._sessions[session_id] = session
-        logger.info(
-            "session %s created (%s, %.1f MB, expiry %.0f s)",
+        logger.info(  # without the file name: it can carry a patient's name
+            "session %s created (%.1f MB, expiry %.0f s)",
             session_id,
-            name,
             session.nbytes / 2**20,
             session.expiry_s,
         )
