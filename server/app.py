@@ -92,7 +92,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError):
-        logger.info("%s %s: %s", error.status, error.type, error.message)
+        logger.info("%s %s", error.status, error.type)  # not the message: it can name the uploaded file
         return jsonify(error.to_json()), error.status, error.headers
 
     @app.errorhandler(HTTPException)
