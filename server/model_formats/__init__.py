@@ -1,0 +1,42 @@
+"""Uploaded model folders (Clara MMAR, MONAI bundle) → served models, without running code from them.
+
+`load_model` is the registry's one entry point. The folder is an unpacked archive in canonical layout:
+MMAR (`config/config_aiaa.json`, `models/model.ts|pt|onnx`) or MONAI bundle (`configs/inference.json|yaml`,
+`configs/metadata.json`, `models/model.pt|ts`). Anything wrong is a `BadRequest` naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import BadRequest
+from ..registry import ServedModel
+from .mmar import CONFIG_FILE, read_mmar
+from .task import ConfiguredTask
+from .weights import find_weights, load_weights
+
+__all__ = ["load_model"]
+
+
+def load_model(folder: Path, name: str, device: str = "cpu") -> ServedModel:
+    """Build the model's task (allow-listed transforms, inferer, weights on the CPU) and its model entry.
+
+    `device` is accepted for the registry's call; each request names its device and the network is
+    copied there on first use (`ConfiguredTask._get_network`).
+    """
+    folder = Path(folder)
+    if (folder / CONFIG_FILE).is_file():
+        spec, network = read_mmar(folder)
+        source = "mmar"
+    elif (folder / "configs").is_dir():
+        from .bundle import read_bundle
+
+        spec, network = read_bundle(folder)
+        source = "bundle"
+    else:
+        raise BadRequest(
+            "Not a model folder: expected config/config_aiaa.json (MMAR) or configs/inference.json|yaml "
+            "with configs/metadata.json (MONAI bundle)."
+        )
+    module, engine = load_weights(find_weights(folder / "models"), network)
+    return ServedModel(name=name, task=ConfiguredTask(spec, module, engine), source=source, version=spec.version)

@@ -1,0 +1,88 @@
+"""Transforms that let an uploaded pipeline run on the image the server decoded, and come back on its grid.
+
+AIAA pipelines start by loading a file and end by restoring the mask onto the input's geometry; the
+server hands the task a decoded channel-first MetaTensor and writes the mask on the input grid itself.
+These adapters sit at those two ends; everything in between is the upload's own MONAI pipeline.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, InvertibleTransform, MapTransform
+
+APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "spleen"
+if str(APP_DIR) not in sys.path:  # the app's transforms are the server's too (`lib.transforms`)
+    sys.path.insert(0, str(APP_DIR))
+
+from lib.transforms import LoadImageOrTensord  # noqa: E402
+
+__all__ = ["LoadServerImaged", "Restored"]
+
+
+class LoadServerImaged(LoadImageOrTensord):
+    """What a config's `LoadImaged` becomes: the decoded image (or a file path), shaped as `LoadImaged`
+    gives it, i.e. without a channel axis for a one-channel volume unless `ensure_channel_first`, so the
+    config's own `AddChanneld`/`EnsureChannelFirstd` that follows does what it always did."""
+
+    def __init__(self, keys="image", ensure_channel_first: bool = False):
+        super().__init__(keys)
+        self.ensure_channel_first = ensure_channel_first
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = super().__call__(data)
+        for key in self.key_iterator(d):
+            if not self.ensure_channel_first and d[key].shape[0] == 1:
+                d[key] = d[key][0]
+                d[key].meta["original_channel_dim"] = "no_channel"
+            else:
+                d[key].meta["original_channel_dim"] = 0
+        return d
+
+
+class Restored(MapTransform):
+    """AIAA's `Restored`: undo every invertible pre-transform (Orientationd, Spacingd, crops, resizes...)
+    on `keys`, so the prediction lands on `ref_image`'s input grid. MONAI's `Invertd` does the work.
+
+    `nearest_interp` (default True, for a label mask; False resamples logits with the forward modes).
+    The task binds the pre-transforms it ran (`bind`) before the first call.
+    """
+
+    def __init__(
+        self,
+        keys="pred",
+        ref_image: str = "image",
+        nearest_interp: bool | None = None,
+        mode: str | None = None,
+        meta_key_postfix: str = "meta_dict",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.ref_image = ref_image
+        self.nearest_interp = nearest_interp if nearest_interp is not None else mode in (None, "nearest")
+        self._undo: list = []
+
+    def bind(self, pre_transforms: Sequence) -> None:
+        self._undo = [t for t in pre_transforms if isinstance(t, InvertibleTransform)]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        reference = d.get(self.ref_image)
+        if not self._undo or not getattr(reference, "applied_operations", None):
+            return d
+        spatial = reference.ndim - 1
+        squeezed = []
+        for key in self.key_iterator(d):
+            value = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(torch.as_tensor(np.asarray(d[key])))
+            if value.ndim == spatial:  # channel-less (after SqueezeDimd): invert with a channel axis
+                value, _ = value[None], squeezed.append(key)
+            d[key] = value
+        d = Invertd(self.keys, Compose(self._undo), orig_keys=self.ref_image, nearest_interp=self.nearest_interp)(d)
+        for key in squeezed:
+            d[key] = d[key][0]
+        return d

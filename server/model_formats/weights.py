@@ -1,0 +1,107 @@
+"""Model weights from an upload, loaded without ever running code from it.
+
+`.ts` (and a `.pt` that is a TorchScript archive) → `torch.jit.load`; any other `.pt` → a state dict
+through `torch.load(weights_only=True)` (a pickle that would call anything is refused before it runs)
+into an allow-listed network; `.onnx` → ONNX Runtime on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BadRequest
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.ts", "model.pt", "model.onnx")
+
+
+def find_weights(models_dir: Path) -> Path:
+    """The first of models/model.ts, model.pt, model.onnx that exists."""
+    for name in WEIGHT_FILES:
+        if (models_dir / name).is_file():
+            return models_dir / name
+    raise BadRequest(f"No model weights: expected one of {', '.join('models/' + n for n in WEIGHT_FILES)}.")
+
+
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with `code/` and `constants.pkl`; a `torch.save` file has neither."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> tuple[torch.nn.Module, str]:
+    """The network ready for inference on the CPU and its engine name (`torchscript`, `torch`, `onnxruntime`).
+
+    `network` builds the config's network; it is needed only for a state dict.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxModule(path), "onnxruntime"
+    if suffix == ".ts" or is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+        except Exception as error:  # noqa: BLE001 - a broken archive is the upload's fault
+            raise BadRequest(f"models/{path.name} is not a loadable TorchScript file: {error}") from None
+    if network is None:
+        raise BadRequest(
+            f"models/{path.name} is a state dict, so the config must name its network "
+            "(a 'network' section with a monai.networks.nets class)."
+        )
+    state = load_state_dict(path)
+    module = network()
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise BadRequest(f"models/{path.name} does not fit the config's network: {first}") from None
+    return module.eval(), "torch"
+
+
+def load_state_dict(path: Path) -> dict:
+    """`torch.load(weights_only=True)`: only tensors and plain containers are unpickled, nothing is called."""
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).strip().splitlines()[0][:200]
+        raise BadRequest(f"models/{path.name} was refused: it is not a plain weights file ({detail}).") from None
+    except Exception as error:  # noqa: BLE001 - corrupt or truncated files
+        raise BadRequest(f"models/{path.name} is not a readable PyTorch checkpoint: {error}") from None
+    if isinstance(checkpoint, dict):
+        for key in ("model", "state_dict", "model_state_dict"):  # MONAI Label / Ignite checkpoint layouts
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise BadRequest(f"models/{path.name} does not hold a state dict (name → tensor).")
+    return checkpoint
+
+
+class OnnxModule(torch.nn.Module):
+    """An ONNX Runtime session (CPU provider) callable like a torch module: tensor in, tensor out."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - a broken graph is the upload's fault
+            raise BadRequest(f"models/{path.name} is not a loadable ONNX model: {error}") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
