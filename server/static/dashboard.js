@@ -52,12 +52,16 @@
     }
   }
 
-  function chart(id, title, series, data) {
+  // One uPlot chart per id, created on the first render and fed new data on the later ones. Points are
+  // drawn where asked (latency: minutes without requests have no value, so a lone minute is a point).
+  function chart(id, series, data, points) {
     const el = $(id);
     const opts = {
       width: Math.max(300, el.clientWidth),
       height: 220,
-      series: [{}].concat(series.map(([label, color]) => ({ label: label, stroke: color, width: 2, spanGaps: false }))),
+      series: [{}].concat(series.map(([label, color]) => ({
+        label: label, stroke: color, width: 2, points: { show: points, size: 5, fill: color },
+      }))),
       axes: [{}, { size: 60 }],
       scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
     };
@@ -93,7 +97,8 @@
       r.method, r.endpoint, [String(r.requests), "num requests"], [String(r.errors), "num errors" + (r.errors ? " bad" : "")],
       [ms(r.p50_ms), "num"], [ms(r.p95_ms), "num"], [ms(r.p99_ms), "num"],
     ], (r) => ({ method: r.method, endpoint: r.endpoint }));
-    fillTable("by-model", Object.entries(d.requests.by_model), ([name, n]) => [name, [String(n), "num requests"]],
+    fillTable("by-model", Object.entries(d.requests.by_model), ([name, n]) => [
+      name === "-" ? "(none named)" : name, [String(n), "num requests"]],
       ([name]) => ({ model: name }));
     fillTable("by-status", Object.entries(d.requests.by_status), ([status, n]) => [
       [status, Number(status) >= 400 ? "bad" : ""], [String(n), "num count"],
@@ -112,10 +117,9 @@
     ]);
 
     const s = d.series;
-    chart("chart-rate", "Requests per minute", [["requests", COLORS.requests], ["errors", COLORS.errors]],
-      [s.time, s.requests, s.errors]);
-    chart("chart-latency", "Latency", [["mean ms", COLORS.mean], ["max ms", COLORS.max]],
-      [s.time, s.latency_mean_ms, s.latency_max_ms]);
+    chart("chart-rate", [["requests", COLORS.requests], ["errors", COLORS.errors]], [s.time, s.requests, s.errors], false);
+    chart("chart-latency", [["mean ms", COLORS.mean], ["max ms", COLORS.max]],
+      [s.time, s.latency_mean_ms, s.latency_max_ms], true);
     document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
   }
 
