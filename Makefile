@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MODEL_REPO ?= model_repo
 
-.PHONY: venv serve test lint clean
+.PHONY: venv serve test lint browser clean
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,16 @@ serve: venv
 lint: venv
 	$(BIN)/ruff check .
 
-test: lint
+# The dashboard's browser test drives Debian's chromium through Playwright (never a browser download).
+# Installed here when missing, as root with apt-get; elsewhere that test skips and says why.
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium) \
+	      || echo "apt-get could not install chromium: the dashboard browser test will skip"; \
+	  else echo "no chromium, and no apt-get as root to install it: the dashboard browser test will skip"; fi; }
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 clean:
