@@ -11,10 +11,10 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .auth import effective_credentials
-from .blueprints import dashboard, inference, ops, polygons, sessions
+from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
 from .metrics import Metrics
-from .registry import ModelRegistry, load_app_models
+from .registry import ModelRegistry
 from .sessions import SessionStore
 from .settings import Settings
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
     if registry is None:
-        registry = ModelRegistry(settings.model_repo, load_app_models(settings.app_dir, settings.app_models))
+        registry = ModelRegistry.open(settings.model_repo, settings.app_dir, settings.app_models, settings.device)
     app.extensions["aiaa.registry"] = registry
     app.extensions["aiaa.admin_credentials"] = effective_credentials(settings.admin_credentials, settings.host)
     store = SessionStore(
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
     app.extensions["aiaa.metrics"] = Metrics(registry, store)
-    for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp):
+    for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     register_request_log(app)

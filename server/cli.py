@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import admin_client
+from .archives import ArchiveLimits
 from .settings import Settings
 
 logger = logging.getLogger("aiaa")
@@ -38,6 +40,11 @@ def serve(args: argparse.Namespace) -> None:
         url_prefix=args.url_prefix,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         admin_credentials=load_credentials(args.admin_config),
+        archive_limits=ArchiveLimits(
+            max_files=args.archive_max_files,
+            max_bytes=int(args.archive_max_mb * 2**20),
+            max_ratio=args.archive_max_ratio,
+        ),
     )
     log_file = configure_logging(settings.log_dir)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -105,6 +112,24 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help='JSON file {"user", "password", "token"} with the admin credentials (AIAA_ADMIN_* env vars win)',
     )
+    p.add_argument(
+        "--archive-max-files",
+        type=int,
+        default=defaults.archive_limits.max_files,
+        help="most files a model archive may hold",
+    )
+    p.add_argument(
+        "--archive-max-mb",
+        type=float,
+        default=defaults.archive_limits.max_bytes / 2**20,
+        help="most MB a model archive may unpack to",
+    )
+    p.add_argument(
+        "--archive-max-ratio",
+        type=float,
+        default=defaults.archive_limits.max_ratio,
+        help="largest unpacked/packed size ratio of a model archive (compression bombs)",
+    )
     p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")
     p.add_argument(
         "--session-expiry",
@@ -141,6 +166,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="weights file (default: the app's model folder)")
     p.add_argument("--app-dir", default=str(defaults.app_dir))
     p.set_defaults(func=train)
+
+    admin_client.add_parser(commands)
 
     p = commands.add_parser("phantom", help="write a synthetic CT phantom and its labels")
     p.add_argument("--seed", type=int, default=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .archives import ArchiveLimits
 from .auth import AdminCredentials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ class Settings:
     session_max_bytes: int = 8 * 1024**3  # decoded images held by all sessions together
     session_reap_interval_s: float = 10.0
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
+    archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
 
     def __post_init__(self) -> None:
         self.model_repo = Path(self.model_repo)

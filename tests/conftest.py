@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -33,9 +34,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, *extra: str) -> LiveServer:
-    """Run `aiaa serve` as a child process; return once waitress says it is serving."""
+def start_server(tmp: Path, *extra: str, env: dict[str, str | None] | None = None) -> LiveServer:
+    """Run `aiaa serve` as a child process; return once waitress says it is serving.
+
+    `env` adds to (a value of None: removes from) the server's environment, e.g. AIAA_ADMIN_USER.
+    """
     port = free_port()
+    environ = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     log_dir, model_repo, session_dir = tmp / "logs", tmp / "model_repo", tmp / "sessions"
     process = subprocess.Popen(
         [
@@ -58,6 +63,7 @@ def start_server(tmp: Path, *extra: str) -> LiveServer:
         cwd=REPO_ROOT,
         stderr=subprocess.PIPE,
         text=True,
+        env=environ,
     )
     ended, serving = threading.Event(), threading.Event()
     lines: list[str] = []

@@ -1,0 +1,74 @@
+"""The model repository's admin API: `PUT`, `GET`, `PATCH`, `DELETE /admin/model/<name>` (credentials needed)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ..archives import parse_config, prepare_model
+from ..auth import admin_required
+from ..errors import BadRequest
+from ..imageio import upload_basename
+from ..registry import ModelRegistry, check_name
+from ..uploads import safe_name
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+def registry() -> ModelRegistry:
+    return current_app.extensions["aiaa.registry"]
+
+
+def config_part() -> bytes | None:
+    """The `config` part: a file (`-F config=@config_aiaa.json`) or a form field (`-F config=<...`)."""
+    if "config" in request.files:
+        return request.files["config"].read()
+    if "config" in request.form:
+        return request.form["config"].encode("utf-8")
+    return None
+
+
+@bp.put("/model/<name>")
+@admin_required
+def put_model(name: str):
+    """Install (or replace) a model from an MMAR/bundle archive, or from a config plus one model file."""
+    check_name(name)
+    data = request.files.get("data")
+    if data is None:
+        raise BadRequest(
+            "No model in the request: attach it as the 'data' file part (-F data=@model.zip), "
+            "with -F config=@config_aiaa.json when 'data' is a single .ts, .pt or .onnx file."
+        )
+    data_name = upload_basename(data.filename or "") or "data"
+    config = config_part()
+    with registry().staging() as work:
+        upload = work / "upload" / safe_name(data_name)
+        upload.parent.mkdir()
+        data.save(upload)
+        folder = prepare_model(upload, data_name, config, work, current_app.config["SETTINGS"].archive_limits)
+        model = registry().install(name, folder.path, folder.format)
+    return jsonify(model.info())
+
+
+@bp.get("/model/<name>")
+@admin_required
+def get_model_config(name: str):
+    return jsonify(registry().stored_config(check_name(name)))
+
+
+@bp.patch("/model/<name>")
+@admin_required
+def patch_model_config(name: str):
+    """Reload the model with a new config (JSON body, or a `config` part); a bad one leaves the old serving."""
+    check_name(name)
+    raw = config_part() if request.files or request.form else request.get_data()
+    if not raw:
+        raise BadRequest("Send the new config as the JSON request body (or as a 'config' part).")
+    model = registry().reconfigure(name, parse_config(raw, "new config"))
+    return jsonify(model.info())
+
+
+@bp.delete("/model/<name>")
+@admin_required
+def delete_model(name: str):
+    registry().delete(check_name(name))
+    return jsonify({"success": True, "deleted": name})

@@ -1,0 +1,91 @@
+"""What the admin-API tests share: a live server with admin credentials and small limits, uploads, checks."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import numpy as np
+import requests
+import SimpleITK as sitk
+from aiaa_helpers import assert_same_grid, parse_result, read_mask, to_ijk
+from conftest import LiveServer, start_server
+
+from server.phantoms import make_phantom, write_phantom
+
+USER, PASSWORD, TOKEN = "admin", secrets.token_urlsafe(12), secrets.token_urlsafe(16)
+AUTH = (USER, PASSWORD)
+ADMIN_ENV = {"AIAA_ADMIN_USER": USER, "AIAA_ADMIN_PASSWORD": PASSWORD, "AIAA_ADMIN_TOKEN": TOKEN}
+MAX_UPLOAD_MB = 4
+ARCHIVE_MAX_MB = 64
+ARCHIVE_MAX_FILES = 200
+ARCHIVE_MAX_RATIO = 50
+SERVER_ARGS = (
+    "--models",
+    "segmentation_spleen",
+    "--max-upload-mb",
+    str(MAX_UPLOAD_MB),
+    "--archive-max-mb",
+    str(ARCHIVE_MAX_MB),
+    "--archive-max-files",
+    str(ARCHIVE_MAX_FILES),
+    "--archive-max-ratio",
+    str(ARCHIVE_MAX_RATIO),
+)
+
+
+def start_admin_server(tmp: Path, *extra: str) -> LiveServer:
+    return start_server(tmp, *SERVER_ARGS, *extra, env=ADMIN_ENV)
+
+
+def archive_part(filename: str, data: bytes) -> dict:
+    return {"data": (filename, data, "application/octet-stream")}
+
+
+def two_parts(config: dict | bytes, filename: str, data: bytes) -> dict:
+    raw = config if isinstance(config, bytes) else json.dumps(config).encode()
+    return {"config": ("config_aiaa.json", raw, "application/json"), "data": (filename, data)}
+
+
+def put_model(url: str, name: str, files: dict, auth=AUTH, **kwargs) -> requests.Response:
+    return requests.put(f"{url}/admin/model/{name}", files=files, auth=auth, timeout=300, **kwargs)
+
+
+def served(url: str) -> dict[str, dict]:
+    reply = requests.get(f"{url}/v1/models", timeout=30)
+    assert reply.status_code == 200
+    return {m["name"]: m for m in reply.json()}
+
+
+def repo_state(repo: Path) -> set[str]:
+    """Every path under the model repository (what an install or a refusal may change)."""
+    return {str(p.relative_to(repo)) for p in repo.rglob("*")}
+
+
+def version_folders(repo: Path, name: str) -> list[Path]:
+    return sorted(p for p in repo.iterdir() if p.name.startswith(f"{name}@"))
+
+
+def phantom_file(folder: Path, size=(64, 56, 40)) -> tuple[Path, sitk.Image]:
+    phantom = make_phantom(3, size=size, spacing=(3.0, 2.5, 3.5), orientation="LPS")
+    image_path, _ = write_phantom(phantom, folder, stem="ct")
+    return image_path, phantom.image
+
+
+def segment(url: str, model: str, image_path: Path, tmp: Path, **query) -> tuple[dict, np.ndarray]:
+    """Run a segmentation; check the mask comes back on the input grid; return the params and the mask."""
+    with open(image_path, "rb") as f:
+        reply = requests.post(
+            f"{url}/v1/segmentation",
+            params={"model": model, **query},
+            files={"datapoint": (image_path.name, f.read())},
+            data={"params": "{}"},
+            timeout=300,
+        )
+    params, filename, data = parse_result(reply)
+    mask = read_mask(data, filename, tmp)
+    assert_same_grid(mask, sitk.ReadImage(str(image_path)))
+    values = to_ijk(mask)
+    assert set(np.unique(values)) <= {0, 1}
+    return params, values

@@ -1,0 +1,216 @@
+"""Builders for model uploads in the tests: tiny MONAI networks as TorchScript / state dict / ONNX, Clara v4
+`config_aiaa.json` files, MONAI bundles, and .zip / .tar(.gz) archives of them (well-formed or hostile).
+
+Everything is built in memory from real MONAI and PyTorch objects; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import time
+import zipfile
+from collections.abc import Mapping
+
+import torch
+from monai.networks.nets import UNet
+
+Files = Mapping[str, bytes]  # archive member path → content
+
+UNET_ARGS = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 2,
+    "channels": [4, 8, 16],
+    "strides": [2, 2],
+    "num_res_units": 1,
+}
+CT_WINDOW = {"a_min": -160.0, "a_max": 240.0, "b_min": 0.0, "b_max": 1.0, "clip": True}
+
+
+def tiny_unet(seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return UNet(**{**UNET_ARGS, **overrides}).eval()
+
+
+def model_bytes(module: torch.nn.Module, kind: str) -> bytes:
+    """The network as a `.ts` (TorchScript), `.pt` (state dict) or `.onnx` file's bytes."""
+    buffer = io.BytesIO()
+    if kind == "ts":
+        torch.jit.save(torch.jit.script(module), buffer)
+    elif kind == "pt":
+        torch.save(module.state_dict(), buffer)
+    elif kind == "onnx":
+        torch.onnx.export(
+            module,
+            (torch.zeros(1, 1, 32, 32, 32),),
+            buffer,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["pred"],
+            dynamic_axes={"image": {0: "b", 2: "x", 3: "y", 4: "z"}, "pred": {0: "b", 2: "x", 3: "y", 4: "z"}},
+        )
+    else:
+        raise ValueError(kind)
+    return buffer.getvalue()
+
+
+def v4_config(
+    labels: tuple[str, ...] = ("organ",),
+    description: str = "tiny UNet",
+    roi: tuple[int, int, int] = (32, 32, 32),
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0),
+    overlap: float = 0.25,
+    network: dict | None = None,
+) -> dict:
+    """A Clara 4 style `config_aiaa.json` with monai.* transforms; `network` for state-dict weights."""
+    config = {
+        "version": "4",
+        "type": "segmentation",
+        "labels": list(labels),
+        "description": description,
+        "pre_transforms": [
+            {"name": "monai.transforms.LoadImaged", "args": {"keys": "image"}},
+            {"name": "monai.transforms.AddChanneld", "args": {"keys": "image"}},
+            {"name": "monai.transforms.Orientationd", "args": {"keys": "image", "axcodes": "RAS"}},
+            {"name": "monai.transforms.Spacingd", "args": {"keys": "image", "pixdim": list(spacing)}},
+            {"name": "monai.transforms.ScaleIntensityRanged", "args": {"keys": "image", **CT_WINDOW}},
+            {"name": "monai.transforms.EnsureTyped", "args": {"keys": "image", "dtype": "float32"}},
+        ],
+        "inference": {
+            "input": "image",
+            "output": "pred",
+            "AIAA": {
+                "name": "aiaa.inference.PyTorchInference",
+                "args": {"scanning_window": True, "roi": list(roi), "overlap": overlap, "device": "cuda"},
+            },
+        },
+        "post_transforms": [
+            {"name": "monai.transforms.AsDiscreted", "args": {"keys": "pred", "argmax": True}},
+            {"name": "monai.transforms.SqueezeDimd", "args": {"keys": "pred", "dim": 0}},
+            {"name": "monai.transforms.ToNumpyd", "args": {"keys": "pred"}},
+            {"name": "aiaa.transforms.Restored", "args": {"keys": "pred", "ref_image": "image"}},
+        ],
+        "writer": {"name": "aiaa.transforms.Writer", "args": {"image": "pred", "json": "result"}},
+    }
+    if network is not None:
+        config["network"] = network
+    return config
+
+
+def unet_network_section(**overrides) -> dict:
+    return {"name": "monai.networks.nets.UNet", "args": {**UNET_ARGS, **overrides}}
+
+
+def mmar_files(config: dict | str | bytes, kind: str = "ts", module: torch.nn.Module | None = None) -> dict:
+    """An MMAR's members: config/config_aiaa.json and models/model.<kind>."""
+    if isinstance(config, dict):
+        config = json.dumps(config, indent=2)
+    if isinstance(config, str):
+        config = config.encode()
+    return {"config/config_aiaa.json": config, f"models/model.{kind}": model_bytes(module or tiny_unet(), kind)}
+
+
+def bundle_files(labels: tuple[str, ...] = ("spleen",), module: torch.nn.Module | None = None) -> dict:
+    """A MONAI bundle in the layout of MONAI's spleen_ct_segmentation, scaled down (UNet, sliding window)."""
+    channel_def = {"0": "background", **{str(i + 1): label for i, label in enumerate(labels)}}
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": "0.1.2",
+        "monai_version": "1.5.2",
+        "pytorch_version": "2.13.0",
+        "name": "tiny spleen bundle",
+        "task": "Spleen CT segmentation",
+        "description": "A tiny spleen-style segmentation bundle for the tests",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "channel_def": channel_def}},
+        },
+    }  # fmt: skip
+    inference = {
+        "imports": ["$import glob", "$import os"],
+        "bundle_root": ".",
+        "output_dir": "$@bundle_root + '/eval'",
+        "dataset_dir": "/workspace/data/Task09_Spleen",
+        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "network_def": {"_target_": "UNet", **UNET_ARGS, "norm": "batch"},
+        "network": "$@network_def.to(@device)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image"},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {"_target_": "Spacingd", "keys": "image", "pixdim": [4.0, 4.0, 4.0], "mode": "bilinear"},
+                {"_target_": "ScaleIntensityRanged", "keys": "image", **CT_WINDOW},
+                {"_target_": "EnsureTyped", "keys": "image"},
+            ],
+        },
+        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "num_workers": 4},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 1, "overlap": 0.25},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                 "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False},
+            ],
+        },
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
+             "load_dict": {"model": "@network"}},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
+                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
+                      "val_handlers": "@handlers", "amp": True},
+        "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)"],
+        "run": ["$@evaluator.run()"],
+    }  # fmt: skip
+    module = module or tiny_unet(norm="batch")
+    return {
+        "configs/metadata.json": json.dumps(metadata, indent=2).encode(),
+        "configs/inference.json": json.dumps(inference, indent=2).encode(),
+        "models/model.pt": model_bytes(module, "pt"),
+        "docs/README.md": b"# tiny spleen bundle\n",
+        "LICENSE": b"Apache-2.0\n",
+    }
+
+
+def prefixed(files: Files, prefix: str) -> dict:
+    return {f"{prefix}/{name}" if prefix else name: data for name, data in files.items()}
+
+
+def zip_bytes(files: Files, prefix: str = "") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in prefixed(files, prefix).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def tar_bytes(files: Files, prefix: str = "", compression: str = "gz") -> bytes:
+    """A tar (compression "" ) or tar.gz ("gz") of the files, with folder entries like `tar czf` makes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as archive:
+        folders = sorted({name.rsplit("/", 1)[0] for name in prefixed(files, prefix) if "/" in name})
+        for folder in folders:
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            archive.addfile(info)
+        for name, data in prefixed(files, prefix).items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6)

@@ -1,0 +1,256 @@
+"""The admin API against a live server: every upload form installs a model that serves masks on the input grid;
+credentials; GET / PATCH / DELETE; name rules; concurrent uploads; the `aiaa models` CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import requests
+from admin_helpers import (
+    AUTH,
+    PASSWORD,
+    TOKEN,
+    USER,
+    archive_part,
+    phantom_file,
+    put_model,
+    repo_state,
+    segment,
+    served,
+    start_admin_server,
+    two_parts,
+    version_folders,
+)
+from conftest import REPO_ROOT, start_server, stop_server
+from model_archives import (
+    bundle_files,
+    gzip_bytes,
+    mmar_files,
+    model_bytes,
+    tar_bytes,
+    tiny_unet,
+    unet_network_section,
+    v4_config,
+    zip_bytes,
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = start_admin_server(tmp_path_factory.mktemp("admin"))
+    yield live
+    stop_server(live)
+
+
+@pytest.fixture(scope="module")
+def ct(tmp_path_factory):
+    return phantom_file(tmp_path_factory.mktemp("ct"))[0]
+
+
+def state_dict_config(**kwargs) -> dict:
+    return v4_config(network=unet_network_section(), **kwargs)
+
+
+UPLOADS = {
+    "mmar_zip": lambda: archive_part("clara_tiny.zip", zip_bytes(mmar_files(v4_config()))),
+    "mmar_tgz": lambda: archive_part("clara_tiny.tgz", tar_bytes(mmar_files(v4_config()))),
+    "mmar_tar": lambda: archive_part("clara_tiny.tar", tar_bytes(mmar_files(v4_config()), compression="")),
+    "mmar_tar_gz_as_gz": lambda: archive_part("clara_tiny.gz", tar_bytes(mmar_files(v4_config()))),
+    "folder_wrapped_zip": lambda: archive_part(
+        "clara_tiny.zip", zip_bytes(mmar_files(state_dict_config(), kind="pt"), prefix="clara_pt_tiny_unet")
+    ),
+    "config_torchscript": lambda: two_parts(v4_config(), "model.ts", model_bytes(tiny_unet(), "ts")),
+    "config_gzipped_torchscript": lambda: two_parts(
+        v4_config(), "model.ts.gz", gzip_bytes(model_bytes(tiny_unet(), "ts"))
+    ),
+    "config_state_dict": lambda: two_parts(state_dict_config(), "model.pt", model_bytes(tiny_unet(), "pt")),
+    "config_onnx": lambda: two_parts(v4_config(), "model.onnx", model_bytes(tiny_unet(), "onnx")),
+    "bundle_zip": lambda: archive_part("spleen_bundle.zip", zip_bytes(bundle_files(("spleen",)))),
+}
+ENGINES = {"config_onnx": "onnxruntime", "config_state_dict": "torch", "config_torchscript": "torchscript"}
+
+
+@pytest.mark.parametrize("form", list(UPLOADS))
+def test_upload_serves_masks_on_the_input_grid(server, ct, tmp_path, form):
+    name = f"up_{form}"
+    reply = put_model(server.url, name, UPLOADS[form]())
+    assert reply.status_code == 200, reply.text
+    info = reply.json()
+    assert info["name"] == name and info["type"] == "segmentation" and info["status"] == "ready"
+    assert info["source"] == ("bundle" if form.startswith("bundle") else "mmar")
+    assert info["labels"] == (["spleen"] if form.startswith("bundle") else ["organ"])
+    if form in ENGINES:
+        assert info["engine"] == ENGINES[form]
+    assert served(server.url)[name] == info
+    params, _ = segment(server.url, name, ct, tmp_path)
+    assert params["label_names"] == {info["labels"][0]: 1}
+    assert len(version_folders(server.model_repo, name)) == 1
+
+
+def test_the_app_model_is_served_from_the_repository(server):
+    assert served(server.url)["segmentation_spleen"]["source"] == "app"
+    (folder,) = version_folders(server.model_repo, "segmentation_spleen")
+    assert (folder / "models" / "model.pt").read_bytes() == (
+        REPO_ROOT / "apps" / "spleen" / "model" / "segmentation_spleen.pt"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("method", ["PUT", "GET", "PATCH", "DELETE"])
+def test_admin_routes_need_credentials(server, method):
+    before = served(server.url)
+    for auth, headers, message in (
+        (None, {}, "Admin credentials required"),
+        ((USER, "wrong"), {}, "Wrong admin credentials"),
+        (None, {"Authorization": "Bearer wrong"}, "Wrong admin credentials"),
+    ):
+        reply = requests.request(
+            method,
+            f"{server.url}/admin/model/segmentation_spleen",
+            auth=auth,
+            headers=headers,
+            files=archive_part("m.zip", zip_bytes(mmar_files(v4_config()))) if method == "PUT" else None,
+            timeout=60,
+        )
+        assert reply.status_code == 401, reply.text
+        assert reply.headers["WWW-Authenticate"] == 'Basic realm="aiaa"'
+        assert reply.json()["error"]["message"].startswith(message)
+    assert served(server.url) == before
+
+
+def test_bearer_token_works(server):
+    reply = requests.get(
+        f"{server.url}/admin/model/segmentation_spleen", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+    )
+    assert reply.status_code == 200 and reply.json()["source"] == "app"
+
+
+def test_public_bind_without_credentials_disables_the_admin_api(tmp_path):
+    live = start_server(
+        tmp_path,
+        "--models",
+        "segmentation_spleen",
+        "--host",
+        "0.0.0.0",
+        env={"AIAA_ADMIN_USER": None, "AIAA_ADMIN_PASSWORD": None, "AIAA_ADMIN_TOKEN": None},
+    )
+    try:
+        for auth in (None, ("admin", "admin")):
+            reply = requests.delete(f"{live.url}/admin/model/segmentation_spleen", auth=auth, timeout=60)
+            assert reply.status_code == 403 and "disabled" in reply.json()["error"]["message"]
+        assert "segmentation_spleen" in served(live.url)
+    finally:
+        stop_server(live)
+
+
+def test_get_returns_the_stored_config(server):
+    config = v4_config(labels=("liver",), description="stored config")
+    assert put_model(server.url, "stored", two_parts(config, "model.ts", model_bytes(tiny_unet(), "ts"))).ok
+    reply = requests.get(f"{server.url}/admin/model/stored", auth=AUTH, timeout=60)
+    assert reply.status_code == 200 and reply.json() == config
+
+
+def test_patch_reloads_with_a_new_config_and_a_bad_one_changes_nothing(server, ct, tmp_path):
+    config = v4_config(labels=("before",))
+    assert put_model(server.url, "patched", two_parts(config, "model.ts", model_bytes(tiny_unet(), "ts"))).ok
+    url = f"{server.url}/admin/model/patched"
+
+    bad = {**config, "post_transforms": [{"name": "monai.transforms.NoSuchTransform", "args": {}}]}
+    for body in (json.dumps(bad), "{not json", "[1, 2]"):
+        reply = requests.patch(url, data=body, auth=AUTH, headers={"Content-Type": "application/json"}, timeout=60)
+        assert reply.status_code == 400, reply.text
+    assert "NoSuchTransform" in requests.patch(url, json=bad, auth=AUTH, timeout=60).json()["error"]["message"]
+    assert served(server.url)["patched"]["labels"] == ["before"]
+    assert requests.get(url, auth=AUTH, timeout=60).json() == config
+
+    reply = requests.patch(url, json={**config, "labels": ["after"]}, auth=AUTH, timeout=60)
+    assert reply.status_code == 200 and reply.json()["labels"] == ["after"]
+    assert served(server.url)["patched"]["labels"] == ["after"]
+    params, _ = segment(server.url, "patched", ct, tmp_path)
+    assert params["label_names"] == {"after": 1}
+    assert len(version_folders(server.model_repo, "patched")) == 1
+
+
+def test_delete(server):
+    assert put_model(server.url, "doomed", two_parts(v4_config(), "model.ts", model_bytes(tiny_unet(), "ts"))).ok
+    reply = requests.delete(f"{server.url}/admin/model/doomed", auth=AUTH, timeout=60)
+    assert reply.status_code == 200 and reply.json() == {"success": True, "deleted": "doomed"}
+    assert "doomed" not in served(server.url)
+    assert version_folders(server.model_repo, "doomed") == []
+    reply = requests.delete(f"{server.url}/admin/model/doomed", auth=AUTH, timeout=60)
+    assert reply.status_code == 404 and "doomed" in reply.json()["error"]["message"]
+    assert requests.get(f"{server.url}/v1/models", params={"model": "doomed"}, timeout=60).status_code == 404
+
+
+@pytest.mark.parametrize("name", [".hidden", "a" * 65, "two words", "x@1", "semi;colon", "ü"])
+def test_bad_model_names(server, name):
+    before = repo_state(server.model_repo)
+    reply = put_model(server.url, name, archive_part("m.zip", zip_bytes(mmar_files(v4_config()))))
+    assert reply.status_code == 400, reply.text
+    assert "not a valid model name" in reply.json()["error"]["message"]
+    assert repo_state(server.model_repo) == before
+
+
+def test_concurrent_uploads_to_one_name_are_serialised(server):
+    replies = {}
+
+    def upload(label: str) -> None:
+        files = two_parts(v4_config(labels=(label,)), "model.ts", model_bytes(tiny_unet(), "ts"))
+        replies[label] = put_model(server.url, "contested", files)
+
+    threads = [threading.Thread(target=upload, args=(label,)) for label in ("first", "second", "third")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.status_code == 200 for r in replies.values()), [r.text for r in replies.values()]
+    assert served(server.url)["contested"]["labels"][0] in replies
+    assert len(version_folders(server.model_repo, "contested")) == 1
+    assert not any((server.model_repo / ".staging").iterdir())
+
+
+def aiaa(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "models", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+def test_cli_upload_list_show_delete(server, tmp_path):
+    archive = tmp_path / "clara_cli.zip"
+    archive.write_bytes(zip_bytes(mmar_files(v4_config(labels=("cli_organ",)))))
+    config, weights = tmp_path / "config_aiaa.json", tmp_path / "model.onnx"
+    config.write_text(json.dumps(v4_config(labels=("cli_onnx",))))
+    weights.write_bytes(model_bytes(tiny_unet(), "onnx"))
+    login = ["--server", server.url, "--user", USER, "--password", PASSWORD]
+
+    done = aiaa("upload", "cli_model", str(archive), *login)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["labels"] == ["cli_organ"]
+    assert "upload cli_model" in done.stderr and "100%" in done.stderr  # the progress bar
+    done = aiaa("upload", "cli_onnx", str(weights), "--config", str(config), "--server", server.url, "--token", TOKEN)
+    assert done.returncode == 0 and json.loads(done.stdout)["engine"] == "onnxruntime", done.stderr
+
+    listing = aiaa("list", "--server", server.url)
+    assert listing.returncode == 0
+    rows = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert rows["cli_model"][1:3] == ["segmentation", "mmar"] and rows["cli_onnx"][-1] == "cli_onnx"
+
+    shown = aiaa("show", "cli_model", *login)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["config"]["labels"] == ["cli_organ"]
+
+    env = {"PATH": "/usr/bin:/bin", "AIAA_ADMIN_USER": USER, "AIAA_ADMIN_PASSWORD": PASSWORD}
+    assert aiaa("delete", "cli_model", "--server", server.url, env=env).returncode == 0
+    assert "cli_model" not in served(server.url)
+
+    failed = aiaa("delete", "cli_model", *login)
+    assert failed.returncode == 1 and "error 404: Model 'cli_model' is not on this server" in failed.stderr
+    failed = aiaa("upload", "cli_model", str(archive), "--server", server.url, "--user", USER, "--password", "nope")
+    assert failed.returncode == 1 and "error 401: Wrong admin credentials." in failed.stderr
