@@ -1,4 +1,4 @@
-"""Operations endpoints against a live server: /health, /logs (text and self-refreshing HTML)."""
+"""Operations endpoints: /health and /logs (text and self-refreshing HTML) against a live server; /ready."""
 
 from __future__ import annotations
 
@@ -29,3 +29,54 @@ def test_logs_html_refreshes_itself_and_escapes(live_server):
 def test_logs_bad_lines(live_server):
     reply = requests.get(f"{live_server.url}/logs", params={"lines": "many"}, timeout=10)
     assert reply.status_code == 400 and "whole number" in reply.json()["error"]["message"]
+
+
+class ModelInState:
+    """A served model in a given state. The registry loads models before serving today, so a model that is
+    still loading (or failed) cannot be produced through it; this stands in for one."""
+
+    def __init__(self, name: str, status: str, error: str | None = None):
+        self.name, self.status, self.error = name, status, error
+
+    def info(self) -> dict:
+        extra = {"error": self.error} if self.error else {}
+        return {"name": self.name, "type": "segmentation", "engine": "torch", "status": self.status, **extra}
+
+
+def test_ready_is_503_until_every_model_is_loaded(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from server.app import create_app
+    from server.registry import ModelRegistry
+    from server.settings import Settings
+
+    models = [
+        ModelInState("spleen_a", "ready"),
+        ModelInState("spleen_b", "loading"),
+        ModelInState("spleen_c", "failed", "weights do not match"),
+    ]
+    settings = Settings(model_repo=tmp_path / "repo", log_dir=tmp_path / "logs", session_dir=tmp_path / "sessions")
+    client = create_app(settings, registry=ModelRegistry(tmp_path / "repo", models)).test_client()
+    reply = client.get("/ready")
+    assert reply.status_code == 503 and reply.json["success"] is False
+    message = reply.json["error"]["message"]
+    assert "2 of 3" in message and "spleen_b (loading)" in message
+    assert "spleen_c (failed: weights do not match)" in message
+    assert "spleen_a" not in message
+    assert client.get("/health").status_code == 200  # alive all the same
+
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+        for s in family.samples
+    }
+    assert samples[("aiaa_models_loaded", ())] == 1
+    states = {
+        dict(labels)["model"]: (dict(labels)["status"], value)
+        for (name, labels), value in samples.items()
+        if name == "aiaa_model_ready"
+    }
+    assert states == {"spleen_a": ("ready", 1), "spleen_b": ("loading", 0), "spleen_c": ("failed", 0)}
+
+    models[1].status = models[2].status = "ready"
+    assert client.get("/ready").json == {"status": "ready", "models": ["spleen_a", "spleen_b", "spleen_c"]}
