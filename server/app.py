@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .auth import effective_credentials
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
+from .logs import loggable
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .sessions import SessionStore
@@ -77,9 +78,9 @@ def register_request_log(app: Flask) -> None:
         request_log.info(
             "method=%s path=%s model=%s session=%s status=%d bytes=%s latency_ms=%.1f",
             request.method,
-            request.path,
-            request.args.get("model", "-"),
-            request.args.get("session_id", "-"),
+            loggable(request.path),
+            loggable(request.args.get("model", "-")),
+            loggable(request.args.get("session_id", "-")),
             response.status_code,
             response.content_length if response.content_length is not None else "-",
             latency_ms,

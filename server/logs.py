@@ -9,6 +9,13 @@ from pathlib import Path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_FILE = "aiaa.log"
+LOGGED_VALUE_LIMIT = 200  # characters of a client-supplied value kept in a log line
+
+
+def loggable(value: str) -> str:
+    """A client-supplied value fit for one log line: control characters escaped (no forged lines), length capped."""
+    text = value.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= LOGGED_VALUE_LIMIT else text[:LOGGED_VALUE_LIMIT] + "..."
 
 
 def configure_logging(log_dir: Path, level: int = logging.INFO) -> Path:

@@ -20,6 +20,16 @@ def test_logs_lines_and_structured_request_lines(live_server):
     assert "method=GET path=/v1/models model=segmentation_spleen session=- status=200" in text
 
 
+def test_client_values_cannot_forge_log_lines(live_server):
+    forged = "x\n2026-01-01 00:00:00,000 INFO aiaa.requests: method=DELETE path=/forged"
+    reply = requests.get(f"{live_server.url}/v1/models", params={"model": forged, "session_id": "y" * 5000}, timeout=10)
+    assert reply.status_code == 404
+    text = requests.get(f"{live_server.url}/logs", params={"lines": 20}, timeout=10).text
+    assert not any(line.startswith("2026-01-01") for line in text.splitlines())
+    (line,) = [line for line in text.splitlines() if "path=/v1/models model=x\\n2026-01-01" in line]
+    assert " session=" + "y" * 200 + "... status=404 " in line  # capped
+
+
 def test_logs_html_refreshes_itself_and_escapes(live_server):
     reply = requests.get(f"{live_server.url}/logs", params={"html": "true", "lines": 5}, timeout=10)
     assert reply.headers["Content-Type"].startswith("text/html")
