@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from monai.networks.nets import UNet
 
+from server.errors import BadRequest
 from server.imageio import to_array
 from server.inference import run_model
 from server.model_formats import load_model
@@ -21,11 +24,12 @@ CT_WINDOW = {"a_min": -160.0, "a_max": 240.0, "b_min": 0.0, "b_max": 1.0, "clip"
 class ThresholdNet(torch.nn.Module):
     """Background logit 0.5, foreground logit = the windowed intensity: argmax is `HU > HU_THRESHOLD`."""
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 1):  # extra input channels (point heatmaps) get weight 0
         super().__init__()
-        self.conv = torch.nn.Conv3d(1, 2, 1)
+        self.conv = torch.nn.Conv3d(in_channels, 2, 1)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.tensor([0.0, 1.0]).reshape(2, 1, 1, 1, 1))
+            self.conv.weight.zero_()
+            self.conv.weight[1, 0] = 1.0
             self.conv.bias.copy_(torch.tensor([0.5, 0.0]))
 
     def forward(self, x):
@@ -123,3 +127,183 @@ def test_clara4_config_loads_and_runs_on_the_input_grid(tmp_path, phantom):
     assert set(np.unique(mask)) <= {0, 1}
     assert dice(mask, expected_mask(phantom.image)) > 0.9  # resampled to 4 mm and back: edges differ
     assert result["label_names"] == {"bright": 1} and len(result["points"]) == 6
+
+
+SMALL_UNET = {"channels": [4, 8], "strides": [2], "in_channels": 1, "out_channels": 2}
+
+
+@pytest.mark.parametrize("weights", ["model.pt", "model.onnx"])
+def test_state_dict_and_onnx_weights(tmp_path, phantom, weights):
+    """A state dict goes into the network the config names (Clara's `dimensions` is `spatial_dims`);
+    ONNX runs in ONNX Runtime. Both compute what the saved network computes."""
+    config = clara4_config()
+    config["inference"]["network"] = {"name": "monai.networks.nets.UNet", "args": {"dimensions": 3, **SMALL_UNET}}
+    unet = UNet(spatial_dims=3, **SMALL_UNET).eval()
+    model = load_model(write_mmar(tmp_path, config, weights, unet), "weights")
+    assert model.info()["engine"] == {"model.pt": "torch", "model.onnx": "onnxruntime"}[weights]
+    mask, _ = run_model(model, phantom.image, {})
+    assert mask.shape == phantom.image.GetSize()
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.task._network(x), unet(x), atol=1e-4)
+
+
+def test_pt_torchscript_archive_loads_as_torchscript(tmp_path, phantom):
+    folder = write_mmar(tmp_path, clara4_config(), "model.ts")
+    (folder / "models" / "model.ts").rename(folder / "models" / "model.pt")
+    model = load_model(folder, "ts_in_pt")
+    assert model.info()["engine"] == "torchscript"
+    assert dice(run_model(model, phantom.image, {})[0], expected_mask(phantom.image)) > 0.9
+
+
+class RunsCode:
+    """Unpickling this calls `open(marker, "w")`: it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("container", ["torch_zip", "plain_pickle"])
+def test_pickle_that_would_run_code_is_refused_without_running(tmp_path, container):
+    config = clara4_config()
+    config["inference"]["network"] = {"name": "UNet", "args": {"spatial_dims": 3, **SMALL_UNET}}
+    folder = write_mmar(tmp_path / "mmar", config, "model.pt", UNet(spatial_dims=3, **SMALL_UNET))
+    marker = tmp_path / "pwned"
+    payload = {"conv.weight": torch.zeros(1), "evil": RunsCode(marker)}
+    if container == "torch_zip":
+        torch.save(payload, folder / "models" / "model.pt")
+    else:
+        (folder / "models" / "model.pt").write_bytes(pickle.dumps(payload))
+    with pytest.raises(BadRequest, match="model.pt was refused: it is not a plain weights file"):
+        load_model(folder, "evil")
+    assert not marker.exists()
+
+
+def mmar_with(tmp_path, **changes) -> Path:
+    config = clara4_config()
+    for key, value in changes.items():
+        config[key] = value
+    return write_mmar(tmp_path, config)
+
+
+@pytest.mark.parametrize(
+    ("pre_transforms", "message"),
+    [
+        (
+            [{"name": "monai.transforms.Lambdad", "args": {"keys": "image"}}],
+            "'monai.transforms.Lambdad' is not allowed",
+        ),
+        ([{"name": "os.system", "args": {}}], "'os.system' is not allowed"),
+        ([{"name": "monai.transforms.__class__", "args": {}}], "'monai.transforms.__class__' is not allowed"),
+        ([{"name": "monai.transforms.NoSuchThingd", "args": {}}], "'monai.transforms.NoSuchThingd' is not allowed"),
+        ([{"name": "custom.MyTransformd", "args": {}}], "'custom.MyTransformd' is not allowed"),
+        ([{"name": "monai.transforms.Spacingd", "args": {"keys": "image", "bogus": 1}}], "cannot build"),
+        ([{"args": {}}], "must be an object with a 'name'"),
+        ({"name": "x"}, "must be a list"),
+    ],
+)
+def test_bad_transforms_are_refused_by_name(tmp_path, pre_transforms, message):
+    with pytest.raises(BadRequest, match=message):
+        load_model(mmar_with(tmp_path, pre_transforms=pre_transforms), "bad")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"type": "classification"}, "Model type 'classification' is not served"),
+        ({"labels": "spleen"}, "'labels' must be a list"),
+        ({"writer": {"name": "os.system"}}, "writer 'os.system' is not allowed"),
+        ({"network": {"name": "torch.nn.Linear", "args": {}}}, "Network 'torch.nn.Linear' is not allowed"),
+        ({"inference": {"AIAA": {"name": "evil.Inferer"}}}, "Inferer 'evil.Inferer' is not allowed"),
+        (
+            {"inference": {"AIAA": {"name": "aiaa.inference.PyTorchInference", "args": {"scanning_window": True}}}},
+            "needs 'roi'",
+        ),
+    ],
+)
+def test_bad_config_sections_are_refused(tmp_path, changes, message):
+    with pytest.raises(BadRequest, match=message):
+        load_model(mmar_with(tmp_path, **changes), "bad")
+
+
+def test_bad_json_missing_config_and_missing_weights(tmp_path):
+    with pytest.raises(BadRequest, match="config/config_aiaa.json is not valid JSON"):
+        load_model(write_mmar(tmp_path / "a", "{not json"), "bad")
+    folder = write_mmar(tmp_path / "b", clara4_config())
+    (folder / "models" / "model.ts").unlink()
+    with pytest.raises(BadRequest, match="No model weights"):
+        load_model(folder, "bad")
+    with pytest.raises(BadRequest, match="Not a model folder"):
+        load_model(tmp_path / "c", "bad")
+    folder = write_mmar(tmp_path / "d", clara4_config(), "model.pt")
+    with pytest.raises(BadRequest, match="state dict, so the config must name its network"):
+        load_model(folder, "bad")
+    (folder / "models" / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(BadRequest, match="model.pt"):
+        load_model(folder, "bad")
+
+
+def clara3_config() -> dict:
+    """A TensorFlow-era v3 config (the network output is `model`), served with TorchScript weights."""
+    return {
+        "version": "3",
+        "type": "segmentation",
+        "labels": ["bright"],
+        "description": "Clara 3 style threshold model",
+        "pre_transforms": [
+            {"name": "LoadNifti", "args": {"fields": "image"}},
+            {"name": "ConvertToChannelsFirst", "args": {"fields": "image"}},
+            {"name": "ScaleByResolution", "args": {"fields": "image", "target_resolution": [4.0, 4.0, 4.0]}},
+            {"name": "ScaleIntensityRange", "args": {"fields": "image", **CT_WINDOW}},
+        ],
+        "inference": {
+            "image": "image",
+            "name": "TRTISInference",
+            "args": {"scanning_window": True, "batch_size": 1, "roi": [32, 32, 32]},
+            "tf": {"input_nodes": {"image": "NV_MODEL_INPUT"}, "output_nodes": {"model": "NV_MODEL_OUTPUT"}},
+            "additional_info": {"era": "tensorflow"},
+        },
+        "post_transforms": [
+            {"name": "ArgmaxAcrossChannels", "args": {"fields": "model"}},
+            {"name": "FetchExtremePoints", "args": {"image_field": "image", "label_field": "model"}},
+            {"name": "RestoreOriginalShape", "args": {"field": "model", "src_field": "image", "is_label": True}},
+        ],
+        "writer": {"name": "WriteNifti", "args": {"field": "model", "dtype": "uint8"}},
+    }
+
+
+def test_clara3_config_maps_tensorflow_era_names(tmp_path, phantom):
+    model = load_model(write_mmar(tmp_path, clara3_config()), "clara3")
+    info = model.info()
+    assert info["version"] == "3" and info["era"] == "tensorflow" and info["labels"] == ["bright"]
+    mask, _ = run_model(model, phantom.image, {})
+    assert mask.shape == phantom.image.GetSize()
+    assert dice(mask, expected_mask(phantom.image)) > 0.9
+
+
+def test_clara3_extreme_points_model_crops_around_the_points(tmp_path, phantom):
+    config = clara3_config()
+    config.update(type="annotation", labels=[], roi=[32, 32, 32], sigma=3)
+    config["pre_transforms"][2:2] = [{"name": "CropByExtremePoints", "args": {"fields": "image", "pad": 10}}]
+    config["pre_transforms"].append({"name": "AddExtremePointsChannel", "args": {"image_field": "image"}})
+    del config["pre_transforms"][3]  # no resampling: the crop is resized to `roi`
+    model = load_model(write_mmar(tmp_path, config, module=ThresholdNet(in_channels=2)), "dextr3d_v3")
+    assert model.info()["roi"] == [32, 32, 32] and model.info()["padding"] == 20 and model.info()["sigma"] == 3
+    points = [[20, 20, 10], [40, 20, 10], [30, 10, 10], [30, 30, 10], [30, 20, 5], [30, 20, 15]]
+    mask, result = run_model(model, phantom.image, {"points": points})
+    assert mask.shape == phantom.image.GetSize()
+    (i0, i1), (j0, j1), (k0, k1) = result["crop"]
+    outside = mask.copy()
+    outside[i0:i1, j0:j1, k0:k1] = 0
+    assert mask.any() and not outside.any()
+
+
+@pytest.mark.parametrize("name", ["ScaleByFactor", "monai.transforms.Spacingd", "CenterData"])
+def test_clara3_unmapped_names_are_refused_by_name(tmp_path, name):
+    config = clara3_config()
+    config["pre_transforms"].append({"name": name, "args": {"fields": "image"}})
+    with pytest.raises(BadRequest, match=f"v2/v3 transform '{name}' is not supported"):
+        load_model(write_mmar(tmp_path, config), "bad")

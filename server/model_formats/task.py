@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from monai.inferers import Inferer
-from monai.transforms import InvertibleTransform
+from monai.transforms import Invertd, InvertibleTransform
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from .adapters import LoadServerImaged, Restored
@@ -39,7 +39,8 @@ class ConfiguredTask(BasicInferTask):
 
     The pipeline always ends on the input grid: the decoded image is loaded first (`LoadServerImaged`
     when the config has no loader), every invertible pre-transform is undone (`Restored`, added at the
-    end when the config has none) and the server's `RestoreGeometryd` makes the final channel-less mask.
+    end when the config has neither it nor MONAI's `Invertd`) and the app's `RestoreGeometryd` makes
+    the final channel-less mask.
     """
 
     def __init__(self, spec: TaskSpec, network: torch.nn.Module, engine: str):
@@ -63,7 +64,7 @@ class ConfiguredTask(BasicInferTask):
             self._pre.insert(0, LoadServerImaged(keys=spec.input_key, ensure_channel_first=True))
         self._post = list(spec.post_transforms)
         if any(isinstance(t, InvertibleTransform) for t in self._pre) and not any(
-            isinstance(t, Restored) for t in self._post
+            isinstance(t, (Restored, Invertd)) for t in self._post
         ):
             self._post.append(Restored(keys=spec.output_key, ref_image=spec.input_key))
         for t in self._post:

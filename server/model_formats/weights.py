@@ -7,18 +7,15 @@ into an allow-listed network; `.onnx` → ONNX Runtime on the CPU.
 
 from __future__ import annotations
 
-import logging
 import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
-
-logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.ts", "model.pt", "model.onnx")
 
@@ -41,16 +38,20 @@ def is_torchscript(path: Path) -> bool:
 
 
 def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> tuple[torch.nn.Module, str]:
-    """The network ready for inference on the CPU and its engine name (`torchscript`, `torch`, `onnxruntime`).
+    """The network as one of `server.engines`' modules (CPU, no gradients, the scheduler's yield hook)
+    and its engine name (`torchscript`, `torch`, `onnxruntime`).
 
     `network` builds the config's network; it is needed only for a state dict.
     """
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        return OnnxModule(path), "onnxruntime"
+        try:
+            return OnnxModule(path), "onnxruntime"
+        except Exception as error:  # noqa: BLE001 - a broken graph is the upload's fault
+            raise BadRequest(f"models/{path.name} is not a loadable ONNX model: {error}") from None
     if suffix == ".ts" or is_torchscript(path):
         try:
-            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+            return TorchModule(torch.jit.load(str(path), map_location="cpu"), "torchscript"), "torchscript"
         except Exception as error:  # noqa: BLE001 - a broken archive is the upload's fault
             raise BadRequest(f"models/{path.name} is not a loadable TorchScript file: {error}") from None
     if network is None:
@@ -65,7 +66,7 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise BadRequest(f"models/{path.name} does not fit the config's network: {first}") from None
-    return module.eval(), "torch"
+    return TorchModule(module), "torch"
 
 
 def load_state_dict(path: Path) -> dict:
@@ -85,23 +86,3 @@ def load_state_dict(path: Path) -> dict:
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise BadRequest(f"models/{path.name} does not hold a state dict (name → tensor).")
     return checkpoint
-
-
-class OnnxModule(torch.nn.Module):
-    """An ONNX Runtime session (CPU provider) callable like a torch module: tensor in, tensor out."""
-
-    def __init__(self, path: Path):
-        super().__init__()
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - a broken graph is the upload's fault
-            raise BadRequest(f"models/{path.name} is not a loadable ONNX model: {error}") from None
-        self.input_name = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
