@@ -90,3 +90,7 @@ def test_ready_is_503_until_every_model_is_loaded(tmp_path):
 
     models[1].status = models[2].status = "ready"
     assert client.get("/ready").json == {"status": "ready", "models": ["spleen_a", "spleen_b", "spleen_c"]}
+
+    # an app not started by `aiaa serve` has no log file: a clear 404, not a 500
+    reply = client.get("/logs")
+    assert reply.status_code == 404 and "no log file" in reply.json["error"]["message"]

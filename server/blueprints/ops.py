@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
-from ..errors import BadRequest, ServiceUnavailable
+from ..errors import BadRequest, NotFound, ServiceUnavailable
 from ..logs import LOG_FILE
 from ..metrics import app_metrics
 from ..openapi import Param, build_spec, document, json_reply, text_reply
@@ -60,7 +60,7 @@ def metrics():
         "description": "The last lines of the server log.",
         "content": {"text/plain": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}}},
     },
-    errors=(400,),
+    errors=(400, 404),
 )
 def logs():
     """The last `lines` lines of the server log as text; `html=true` gives a page that refreshes itself."""
@@ -71,8 +71,11 @@ def logs():
     if count < 1:
         raise BadRequest("'lines' must be at least 1.")
     path = current_app.config["SETTINGS"].log_dir / LOG_FILE
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = "".join(deque(f, maxlen=count))
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = "".join(deque(f, maxlen=count))
+    except FileNotFoundError:
+        raise NotFound("This server writes no log file (it was not started with `aiaa serve`).") from None
     if request.args.get("html", "").lower() in ("1", "true", "yes"):
         page = (
             '<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">'
