@@ -45,6 +45,8 @@ class ModelInState:
     """A served model in a given state. The registry loads models before serving today, so a model that is
     still loading (or failed) cannot be produced through it; this stands in for one."""
 
+    task = None  # nothing to warm up or run
+
     def __init__(self, name: str, status: str, error: str | None = None):
         self.name, self.status, self.error = name, status, error
 
