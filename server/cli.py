@@ -87,6 +87,16 @@ def phantom(args: argparse.Namespace) -> None:
     print(f"{image}\n{label}")
 
 
+def export(args: argparse.Namespace) -> None:
+    """Export one of the app's models as an MMAR (v4 config + TorchScript) or MONAI bundle zip."""
+    app_dir = Path(args.app_dir).resolve()
+    sys.path.insert(0, str(app_dir))
+    from lib.export import export_model
+
+    for fmt in args.format:
+        print(export_model(app_dir, args.model, fmt, Path(args.out)))
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = Settings()
     top = argparse.ArgumentParser(prog="aiaa", description=__doc__)
@@ -177,6 +187,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default=".nii.gz", choices=(".nii.gz", ".nii", ".nrrd", ".mha"))
     p.add_argument("--out", default=".")
     p.set_defaults(func=phantom)
+
+    p = commands.add_parser("export", help="export one of the app's models as an MMAR or MONAI bundle zip")
+    p.add_argument("model")
+    p.add_argument("--format", nargs="+", choices=("mmar", "bundle"), default=["mmar"], help="one or both")
+    p.add_argument("--out", default=".", help="folder for <model>-<format>.zip")
+    p.add_argument("--app-dir", default=str(defaults.app_dir))
+    p.set_defaults(func=export)
     return top
 
 

@@ -24,6 +24,8 @@ from lib.transforms import LoadImageOrTensord  # noqa: E402
 
 __all__ = ["LoadServerImaged", "Restored"]
 
+INPUT_SHAPE = "input_shape"  # data key suffix: the decoded image's spatial shape
+
 
 class LoadServerImaged(LoadImageOrTensord):
     """What a config's `LoadImaged` becomes: the decoded image (or a file path), shaped as `LoadImaged`
@@ -37,6 +39,7 @@ class LoadServerImaged(LoadImageOrTensord):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = super().__call__(data)
         for key in self.key_iterator(d):
+            d[f"{key}_{INPUT_SHAPE}"] = tuple(d[key].shape[1:])
             if not self.ensure_channel_first and d[key].shape[0] == 1:
                 d[key] = d[key][0]
                 d[key].meta["original_channel_dim"] = "no_channel"
@@ -50,6 +53,8 @@ class Restored(MapTransform):
     on `keys`, so the prediction lands on `ref_image`'s input grid. MONAI's `Invertd` does the work.
 
     `nearest_interp` (default True, for a label mask; False resamples logits with the forward modes).
+    `when_off_grid`: do nothing when the prediction already has the input's shape (the task adds such
+    a `Restored` to configs that have none, after post-transforms that may have restored it already).
     The task binds the pre-transforms it ran (`bind`) before the first call.
     """
 
@@ -61,8 +66,10 @@ class Restored(MapTransform):
         mode: str | None = None,
         meta_key_postfix: str = "meta_dict",
         allow_missing_keys: bool = False,
+        when_off_grid: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
+        self.when_off_grid = when_off_grid
         self.ref_image = ref_image
         self.nearest_interp = nearest_interp if nearest_interp is not None else mode in (None, "nearest")
         self._undo: list = []
@@ -76,13 +83,19 @@ class Restored(MapTransform):
         if not self._undo or not getattr(reference, "applied_operations", None):
             return d
         spatial = reference.ndim - 1
+        input_shape = tuple(d.get(f"{self.ref_image}_{INPUT_SHAPE}", ()))
+        keys = [
+            k for k in self.key_iterator(d) if not (self.when_off_grid and np.shape(d[k])[-spatial:] == input_shape)
+        ]
+        if not keys:
+            return d
         squeezed = []
-        for key in self.key_iterator(d):
+        for key in keys:
             value = d[key] if isinstance(d[key], MetaTensor) else MetaTensor(torch.as_tensor(np.asarray(d[key])))
             if value.ndim == spatial:  # channel-less (after SqueezeDimd): invert with a channel axis
                 value, _ = value[None], squeezed.append(key)
             d[key] = value
-        d = Invertd(self.keys, Compose(self._undo), orig_keys=self.ref_image, nearest_interp=self.nearest_interp)(d)
+        d = Invertd(keys, Compose(self._undo), orig_keys=self.ref_image, nearest_interp=self.nearest_interp)(d)
         for key in squeezed:
             d[key] = d[key][0]
         return d

@@ -66,7 +66,7 @@ class ConfiguredTask(BasicInferTask):
         if any(isinstance(t, InvertibleTransform) for t in self._pre) and not any(
             isinstance(t, (Restored, Invertd)) for t in self._post
         ):
-            self._post.append(Restored(keys=spec.output_key, ref_image=spec.input_key))
+            self._post.append(Restored(keys=spec.output_key, ref_image=spec.input_key, when_off_grid=True))
         for t in self._post:
             if isinstance(t, Restored):
                 t.bind(self._pre)
