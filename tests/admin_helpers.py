@@ -59,8 +59,9 @@ def served(url: str) -> dict[str, dict]:
 
 
 def repo_state(repo: Path) -> set[str]:
-    """Every path under the model repository (what an install or a refusal may change)."""
-    return {str(p.relative_to(repo)) for p in repo.rglob("*")}
+    """Every path under the model repository (what an install or a refusal may change), but the (empty)
+    work folders themselves."""
+    return {str(p.relative_to(repo)) for p in repo.rglob("*")} - {".staging", ".trash"}
 
 
 def version_folders(repo: Path, name: str) -> list[Path]:
@@ -83,6 +84,11 @@ def segment(url: str, model: str, image_path: Path, tmp: Path, **query) -> tuple
             data={"params": "{}"},
             timeout=300,
         )
+    return mask_reply(reply, image_path, tmp)
+
+
+def mask_reply(reply: requests.Response, image_path: Path, tmp: Path) -> tuple[dict, np.ndarray]:
+    """A segmentation reply's params and binary mask, checked to lie on the grid of `image_path`."""
     params, filename, data = parse_result(reply)
     mask = read_mask(data, filename, tmp)
     assert_same_grid(mask, sitk.ReadImage(str(image_path)))

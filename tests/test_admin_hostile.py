@@ -1,0 +1,300 @@
+"""Hostile and broken uploads against a live server: each gets a 4xx with a clear message, writes no file
+outside the server's work folders, runs no code, and leaves the served models and the repository as they were."""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+import struct
+import tarfile
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from admin_helpers import (
+    ARCHIVE_MAX_FILES,
+    ARCHIVE_MAX_MB,
+    MAX_UPLOAD_MB,
+    archive_part,
+    put_model,
+    repo_state,
+    served,
+    start_admin_server,
+    two_parts,
+)
+from conftest import REPO_ROOT, stop_server
+from model_archives import mmar_files, model_bytes, tar_bytes, tiny_unet, unet_network_section, v4_config, zip_bytes
+
+EVIL = f"aiaa_evil_{uuid.uuid4().hex[:12]}"  # every file a hostile upload tries to create is named after this
+SENTINEL = Path("/tmp") / f"{EVIL}_pickle_ran"
+
+
+class Payload:
+    """Unpickling this calls open(SENTINEL, "w"): the file exists afterwards if the server ran the pickle."""
+
+    def __reduce__(self):
+        return (open, (str(SENTINEL), "w"))
+
+
+def evil_checkpoint() -> bytes:
+    state = tiny_unet().state_dict()
+    buffer = io.BytesIO()
+    torch.save({**state, "payload": Payload()}, buffer)
+    return buffer.getvalue()
+
+
+def valid_mmar() -> dict:
+    return mmar_files(v4_config())
+
+
+def zip_with(members: list[tuple[zipfile.ZipInfo | str, bytes]], base: dict | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            archive.writestr(name, data)
+        for info, data in members:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def tar_with(members: list[tarfile.TarInfo], base: dict | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in members:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def zip_symlink() -> bytes:
+    info = zipfile.ZipInfo("models/extra.ts")
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return zip_with([(info, b"/etc/passwd")])
+
+
+def zip_bomb(mb: int) -> bytes:
+    """A valid MMAR plus `mb` MB of zeros that deflate about 1000:1."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in valid_mmar().items():
+            archive.writestr(name, data)
+        with archive.open("models/padding.bin", "w", force_zip64=True) as padding:
+            for _ in range(mb):
+                padding.write(bytes(1024**2))
+    return buffer.getvalue()
+
+
+def tar_bomb(mb: int) -> bytes:
+    """A .tar.gz whose one member is `mb` MB of zeros (gzip packs zeros about 1000:1)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("models/padding.bin")
+        info.size = mb * 1024**2
+        archive.addfile(info, io.BytesIO(bytes(info.size)))
+    return buffer.getvalue()
+
+
+def tar_declaring(size: int) -> bytes:
+    """A plain tar whose header declares `size` bytes that are not there: headers lie."""
+    info = tarfile.TarInfo("models/huge.bin")
+    info.size = size
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    return header + bytes(1024) + bytes(10240)
+
+
+def zip_lying_about_size() -> bytes:
+    """A member whose headers declare 10 bytes but that inflates to 1 MB."""
+    data = bytearray(zip_with([("models/liar.bin", bytes(1024**2))], base={}))
+    local = data.find(b"PK\x03\x04")
+    central = data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, local + 22, 10)
+    struct.pack_into("<I", data, central + 24, 10)
+    return bytes(data)
+
+
+def corrupt_zip() -> bytes:
+    data = bytearray(zip_bytes(valid_mmar()))
+    offset = data.find(b"PK\x01\x02") - 2000  # inside the weights' compressed data, headers intact
+    data[offset : offset + 64] = bytes(64)
+    return bytes(data)
+
+
+def many_files() -> bytes:
+    return zip_with([(f"docs/note_{i}.txt", b"x") for i in range(ARCHIVE_MAX_FILES + 1)])
+
+
+def with_config(config) -> bytes:
+    files = valid_mmar()
+    files["config/config_aiaa.json"] = config if isinstance(config, bytes) else str(config).encode()
+    return zip_bytes(files)
+
+
+def unknown_transform(name: str) -> bytes:
+    config = v4_config()
+    config["pre_transforms"].insert(1, {"name": name, "args": {"keys": "image"}})
+    return with_config(json.dumps(config).encode())
+
+
+def mmar_with_evil_pickle() -> bytes:
+    files = {
+        "config/config_aiaa.json": json.dumps(v4_config(network=unet_network_section())).encode(),
+        "models/model.pt": evil_checkpoint(),
+    }
+    return zip_bytes(files)
+
+
+# name → (the request's files, status, a phrase the message must hold)
+HOSTILE = {
+    "zip_slip": (
+        lambda: archive_part("m.zip", zip_with([(f"../../{EVIL}.txt", b"pwned")])),
+        400,
+        "points outside the archive",
+    ),
+    "tar_slip": (
+        lambda: archive_part("m.tgz", tar_bytes({**valid_mmar(), f"models/../../../{EVIL}.txt": b"pwned"})),
+        400,
+        "points outside the archive",
+    ),
+    "zip_absolute_path": (
+        lambda: archive_part("m.zip", zip_with([(f"/tmp/{EVIL}.txt", b"pwned")])),
+        400,
+        "absolute path",
+    ),
+    "tar_absolute_path": (
+        lambda: archive_part("m.tgz", tar_bytes({**valid_mmar(), f"/tmp/{EVIL}.txt": b"pwned"})),
+        400,
+        "absolute path",
+    ),
+    "zip_symlink": (lambda: archive_part("m.zip", zip_symlink()), 400, "is a symbolic link"),
+    "tar_symlink": (
+        lambda: archive_part("m.tgz", tar_with([tar_member("models/extra.ts", tarfile.SYMTYPE, "/etc/passwd")])),
+        400,
+        "is a symbolic link",
+    ),
+    "tar_hard_link": (
+        lambda: archive_part("m.tgz", tar_with([tar_member("models/extra.ts", tarfile.LNKTYPE, "/etc/passwd")])),
+        400,
+        "is a hard link",
+    ),
+    "tar_device": (
+        lambda: archive_part("m.tgz", tar_with([tar_member(f"models/{EVIL}", tarfile.CHRTYPE)])),
+        400,
+        "device",
+    ),
+    "zip_bomb": (lambda: archive_part("m.zip", zip_bomb(40)), 400, "compression bomb"),
+    "tar_bomb": (lambda: archive_part("m.tgz", tar_bomb(200)), 400, "compression bomb"),
+    "tar_declaring_10_gb": (
+        lambda: archive_part("m.tar", tar_declaring(10 * 1024**3)),
+        413,
+        f"unpacks to more than {ARCHIVE_MAX_MB} MB",
+    ),
+    "zip_lying_about_sizes": (lambda: archive_part("m.zip", zip_lying_about_size()), 400, "damaged"),
+    "too_many_files": (lambda: archive_part("m.zip", many_files()), 413, f"more than {ARCHIVE_MAX_FILES} files"),
+    "corrupt_zip": (lambda: archive_part("m.zip", corrupt_zip()), 400, "damaged or truncated"),
+    "truncated_zip": (lambda: archive_part("m.zip", zip_bytes(valid_mmar())[:20000]), 400, "damaged or truncated"),
+    "empty_zip": (lambda: archive_part("m.zip", zip_bytes({})), 400, "is empty"),
+    "empty_file": (lambda: archive_part("m.zip", b""), 400, "is empty"),
+    "not_an_archive": (lambda: archive_part("notes.txt", b"hello " * 100), 400, "is not a .zip, .tar"),
+    "no_config": (
+        lambda: archive_part("m.zip", zip_bytes({"models/model.ts": model_bytes(tiny_unet(), "ts")})),
+        400,
+        "holds no model config",
+    ),
+    "no_weights": (
+        lambda: archive_part("m.zip", zip_bytes({"config/config_aiaa.json": json.dumps(v4_config()).encode()})),
+        400,
+        "weights",
+    ),
+    "bad_json": (lambda: archive_part("m.zip", with_config(b'{"version": "4", "labels": [')), 400, "not valid JSON"),
+    "bad_json_config_part": (
+        lambda: two_parts(b"{not json", "model.ts", model_bytes(tiny_unet(), "ts")),
+        400,
+        "'config' part is not valid JSON",
+    ),
+    "unknown_transform": (
+        lambda: archive_part("m.zip", unknown_transform("monai.transforms.NoSuchTransformd")),
+        400,
+        "NoSuchTransformd",
+    ),
+    "transform_outside_allow_list": (
+        lambda: archive_part("m.zip", unknown_transform("os.system")),
+        400,
+        "os.system",
+    ),
+    "pickle_that_runs_code_in_mmar": (lambda: archive_part("m.zip", mmar_with_evil_pickle()), 400, "model.pt"),
+    "pickle_that_runs_code_with_config": (
+        lambda: two_parts(v4_config(network=unet_network_section()), "model.pt", evil_checkpoint()),
+        400,
+        "model.pt",
+    ),
+    "archive_with_config_part": (
+        lambda: two_parts(v4_config(), "m.zip", zip_bytes(valid_mmar())),
+        400,
+        "must be a model file",
+    ),
+    "model_file_without_config": (
+        lambda: archive_part("model.ts", model_bytes(tiny_unet(), "ts")),
+        400,
+        "without its config",
+    ),
+    "oversize": (
+        lambda: archive_part("m.zip", bytes(MAX_UPLOAD_MB * 1024**2 + 1)),
+        413,
+        f"at most {MAX_UPLOAD_MB} MB",
+    ),
+    "no_data_part": (lambda: {"model": ("m.zip", zip_bytes(valid_mmar()))}, 400, "'data' file part"),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = start_admin_server(tmp_path_factory.mktemp("hostile"))
+    yield live
+    stop_server(live)
+
+
+def evil_files(server_root: Path) -> list[Path]:
+    """Whatever a hostile upload managed to create, wherever it could have landed."""
+    found = [p for p in server_root.rglob(f"*{EVIL}*")]
+    for folder in (Path("/tmp"), REPO_ROOT, REPO_ROOT.parent):
+        found += [p for p in folder.glob(f"*{EVIL}*")]
+    return found
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_upload_is_refused_and_changes_nothing(server, case):
+    files, status, phrase = HOSTILE[case]
+    models_before, repo_before = served(server.url), repo_state(server.model_repo)
+    reply = put_model(server.url, "victim", files())
+    assert reply.status_code == status, reply.text
+    message = reply.json()["error"]["message"]
+    assert phrase in message, message
+    assert "Traceback" not in message and len(message.splitlines()) == 1
+    assert served(server.url) == models_before
+    assert repo_state(server.model_repo) == repo_before
+    assert evil_files(server.model_repo.parent) == []
+    assert not any(p.is_symlink() for p in server.model_repo.rglob("*"))
+
+
+def test_custom_code_is_dropped_never_imported(server):
+    marker = Path("/tmp") / f"{EVIL}_custom_imported"
+    code = f"open({str(marker)!r}, 'w').close()\n".encode()
+    files = {**valid_mmar(), "custom/__init__.py": code, "custom/transforms.py": code}
+    reply = put_model(server.url, "with_custom", archive_part("m.zip", zip_bytes(files, prefix="mmar")))
+    assert reply.status_code == 200, reply.text
+    (folder,) = [p for p in server.model_repo.iterdir() if p.name.startswith("with_custom@")]
+    assert (folder / "config" / "config_aiaa.json").is_file() and not (folder / "custom").exists()
+    assert not marker.exists()
