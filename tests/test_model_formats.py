@@ -307,3 +307,74 @@ def test_clara3_unmapped_names_are_refused_by_name(tmp_path, name):
     config["pre_transforms"].append({"name": name, "args": {"fields": "image"}})
     with pytest.raises(BadRequest, match=f"v2/v3 transform '{name}' is not supported"):
         load_model(write_mmar(tmp_path, config), "bad")
+
+
+class GuidedThresholdNet(torch.nn.Module):
+    """Deepgrow 3D's input (image + two guidance channels) → one logit: the windowed intensity."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 0] = 1.0
+            self.conv.bias.zero_()
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def clara4_deepgrow_config() -> dict:
+    """Clara 4.0 / MONAI Label's DeepGrow 3D pipeline: depth-first channel moves, MONAI's deepgrow transforms
+    (named both `aiaa.apps.deepgrow.*` and `monai.apps.deepgrow.transforms.*`), `RestoreLabeld`. As in Clara,
+    `Spacingd` sees the depth-first volume's slices as channels, and the crop spans the depth (`spatial_size[0]`)."""
+    centred = {**CT_WINDOW, "b_min": -0.5, "b_max": 0.5}  # sigmoid(x) > 0.5 where HU > HU_THRESHOLD
+    return {
+        "version": 4,
+        "type": "deepgrow",
+        "labels": [],
+        "description": "Clara 4.0 style DeepGrow 3D",
+        "dimension": 3,
+        "pre_transforms": [
+            {"name": "monai.transforms.LoadImaged", "args": {"keys": "image"}},
+            {"name": "monai.transforms.AsChannelFirstd", "args": {"keys": "image"}},
+            {"name": "monai.transforms.Spacingd", "args": {"keys": "image", "pixdim": [4.0, 4.0, 4.0]}},
+            {
+                "name": "aiaa.apps.deepgrow.AddGuidanceFromPointsd",
+                "args": {"ref_image": "image", "guidance": "guidance", "dimensions": 3},
+            },
+            {"name": "monai.transforms.AddChanneld", "args": {"keys": "image"}},
+            {
+                "name": "monai.apps.deepgrow.transforms.SpatialCropGuidanced",
+                "args": {"keys": "image", "guidance": "guidance", "spatial_size": [40, 24, 24], "margin": 4},
+            },
+            {
+                "name": "monai.transforms.Resized",
+                "args": {"keys": "image", "spatial_size": [16, 16, 16], "mode": "area"},
+            },
+            {"name": "aiaa.apps.deepgrow.ResizeGuidanced", "args": {"guidance": "guidance", "ref_image": "image"}},
+            {"name": "monai.transforms.ScaleIntensityRanged", "args": {"keys": "image", **centred}},
+            {"name": "aiaa.apps.deepgrow.AddGuidanceSignald", "args": {"image": "image", "guidance": "guidance"}},
+        ],
+        "inference": {"input": "image", "output": "pred", "AIAA": {"name": "aiaa.inference.PyTorchInference"}},
+        "post_transforms": [
+            {"name": "monai.transforms.Activationsd", "args": {"keys": "pred", "sigmoid": True}},
+            {"name": "monai.transforms.AsDiscreted", "args": {"keys": "pred", "threshold": 0.5}},
+            {"name": "monai.transforms.ToNumpyd", "args": {"keys": "pred"}},
+            {"name": "aiaa.apps.deepgrow.RestoreLabeld", "args": {"keys": "pred", "ref_image": "image"}},
+            {"name": "monai.transforms.AsChannelLastd", "args": {"keys": "pred"}},
+        ],
+    }
+
+
+def test_clara4_deepgrow_pipeline_runs_on_the_input_grid(tmp_path, phantom):
+    model = load_model(write_mmar(tmp_path, clara4_deepgrow_config(), module=GuidedThresholdNet()), "deepgrow")
+    assert model.info()["type"] == "deepgrow" and model.info()["deepgrow"] == "3D"
+    click = [40, 30, 20]
+    mask, result = run_model(model, phantom.image, {"foreground": [click], "background": []})
+    assert mask.shape == phantom.image.GetSize()
+    (i0, j0, k0), (i1, j1, k1) = result["bbox"]
+    assert i0 <= click[0] <= i1 and j0 <= click[1] <= j1 and k0 <= click[2] <= k1
+    box = (slice(i0, i1 + 1), slice(j0, j1 + 1), slice(k0, k1 + 1))
+    assert dice(mask[box], expected_mask(phantom.image)[box]) > 0.75  # through a 24→16 resize and back
+    assert mask.sum() < 0.5 * expected_mask(phantom.image).sum()  # only the crop around the click

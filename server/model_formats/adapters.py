@@ -40,11 +40,14 @@ class LoadServerImaged(LoadImageOrTensord):
         d = super().__call__(data)
         for key in self.key_iterator(d):
             d[f"{key}_{INPUT_SHAPE}"] = tuple(d[key].shape[1:])
+            d[key].meta["spatial_shape"] = np.asarray(d[key].shape[1:])  # as MONAI's readers record them
+            d[key].meta["original_affine"] = d[key].affine.clone()
             if not self.ensure_channel_first and d[key].shape[0] == 1:
                 d[key] = d[key][0]
                 d[key].meta["original_channel_dim"] = "no_channel"
             else:
                 d[key].meta["original_channel_dim"] = 0
+            d[f"{key}_meta_dict"] = dict(d[key].meta)  # the load-time meta data older pipelines read (deepgrow)
         return d
 
 

@@ -164,7 +164,7 @@ def resolve_target(target: str, where: str) -> names.Resolved:
         return names.resolve_transform(target)
     except BadRequest:
         pass
-    for resolve, fix in ((names.resolve_inferer, lambda a: a), (names.resolve_network, names.network_args)):
+    for resolve, fix in ((names.resolve_inferer, lambda a: a), (names.resolve_network, lambda a: a)):
         try:
             return names.Resolved(target, resolve(target), fix)
         except BadRequest:

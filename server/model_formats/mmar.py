@@ -167,6 +167,6 @@ def network_builder(section) -> Callable[[], torch.nn.Module] | None:
     if not isinstance(section, dict) or "name" not in section:
         raise BadRequest("'network' must be an object with 'name' (a monai.networks.nets class) and 'args'.")
     cls = names.resolve_network(section["name"])
-    resolved = names.Resolved(section["name"], cls, names.network_args)
+    resolved = names.Resolved(section["name"], cls)
     args = section.get("args") or {}
     return lambda: names.build(resolved, args, "network")

@@ -7,6 +7,7 @@ importing a module the upload names. Anything else is refused with a 400 that na
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,16 +49,6 @@ class Resolved:
     name: str
     cls: type | None
     fix_args: Callable[[dict], dict] = field(default=lambda args: args)
-
-
-def _rename(old: str, new: str, **defaults) -> Callable[[dict], dict]:
-    def fix(args: dict) -> dict:
-        args = {**defaults, **args}
-        if old in args:
-            args.setdefault(new, args.pop(old))
-        return args
-
-    return fix
 
 
 def _no_channel(args: dict) -> dict:
@@ -156,11 +147,6 @@ def resolve_network(full_name: str) -> type[torch.nn.Module]:
     return cls
 
 
-def network_args(args: dict) -> dict:
-    """Clara 4.0's `dimensions` argument is today's `spatial_dims`."""
-    return _rename("dimensions", "spatial_dims")(dict(args))
-
-
 def resolve_inferer(full_name: str) -> type[monai_inferers.Inferer]:
     """`monai.inferers.X` (or a bare X): SimpleInferer, SlidingWindowInferer and friends."""
     prefix, _, name = str(full_name).rpartition(".")
@@ -174,7 +160,10 @@ def build(resolved: Resolved, args: dict, where: str):
     """Instantiate an allow-listed class with JSON args; a constructor error is the config's fault (400)."""
     if not isinstance(args, dict):
         raise BadRequest(f"{where}: 'args' of '{resolved.name}' must be a JSON object.")
+    args = resolved.fix_args(dict(args))
+    if "dimensions" in args and "dimensions" not in inspect.signature(resolved.cls).parameters:
+        args.setdefault("spatial_dims", args.pop("dimensions"))  # MONAI's rename since Clara 4.0 (UNet, deepgrow)
     try:
-        return resolved.cls(**resolved.fix_args(dict(args)))
+        return resolved.cls(**args)
     except Exception as error:  # noqa: BLE001 - any constructor failure is a bad config, not a server bug
         raise BadRequest(f"{where}: cannot build '{resolved.name}' with args {args}: {error}") from None
