@@ -108,7 +108,8 @@ def test_spleen_style_bundle_loads_and_runs_on_the_input_grid(tmp_path, phantom,
 
 def test_state_dict_bundle_builds_network_def(tmp_path, phantom):
     unet = UNet(spatial_dims=3, **SMALL_UNET, norm="batch")
-    model = load_model(write_bundle(tmp_path, spleen_style_config(), unet, "model.pt"), "bundle_pt")
+    config = edited("preprocessing#transforms#2#_desc_", "questions: ask dev@example.org")  # '@' in plain text
+    model = load_model(write_bundle(tmp_path, config, unet, "model.pt"), "bundle_pt")
     assert model.info()["engine"] == "torch"
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
@@ -151,6 +152,7 @@ def edited(path: str, value) -> dict:
         ("preprocessing#transforms#2#_requires_", "@dataset", "_requires_ not accepted"),
         ("preprocessing#transforms#2#_mode_", "callable", "_mode_ not accepted"),
         ("inferer#roi_size", "%/etc/passwd#x", "macros"),
+        ("preprocessing#transforms#2#_disabled_", "$__import__('os')", "'preprocessing#transforms#2#_disabled_'"),
         ("inferer#roi_size", "@nowhere", "'@nowhere', which it does not define"),
         ("preprocessing#transforms#3#pixdim", "@datalist", "'datalist': expression"),
     ],

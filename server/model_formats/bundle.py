@@ -134,7 +134,9 @@ def check(value, where: str, refs: list[str]):
                 )
             if EXPRESSIONS["device"].match(value):
                 return "$torch.device('cpu')"  # the server moves the network; post-processing stays on the CPU
-        refs.extend(re.split(r"#|::", ref)[0] for ref in re.findall(rf"@({_ID})", value))
+            refs.extend(re.split(r"#|::", ref)[0] for ref in re.findall(rf"@({_ID})", value))
+        elif value.startswith("@"):
+            refs.append(re.split(r"#|::", value[1:])[0])
     return value
 
 
@@ -154,7 +156,7 @@ def component(value: dict, where: str, refs: list[str]):
             return DROP
         cls, fix = resolved.cls, resolved.fix_args
     args = {k: check(v, f"{where}#{k}", refs) for k, v in value.items() if k not in COMPONENT_KEYS}
-    extra = {k: value[k] for k in ("_disabled_", "_desc_") if k in value}
+    extra = {k: check(value[k], f"{where}#{k}", refs) for k in ("_disabled_", "_desc_") if k in value}
     return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **fix(args), **extra}
 
 

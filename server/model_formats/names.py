@@ -32,7 +32,7 @@ REFUSED = {
     "RandTorchVisiond", "CuCIM", "CuCIMd", "RandCuCIM", "RandCuCIMd", "TorchIO", "TorchIOd", "RandTorchIO",
     "RandTorchIOd", "ImageFilter", "ImageFilterd", "RandImageFilter", "RandImageFilterd", "Compose",
     "SomeOf", "OneOf", "RandomOrder", "LoadImage", "SaveImage", "WriteFileMapping",
-    "WriteFileMappingd",
+    "WriteFileMappingd", "SaveClassification", "SaveClassificationd",
 }  # fmt: skip
 
 # Loading is the server's: it hands the task the decoded image (a file path under stock MONAI Label).
