@@ -10,12 +10,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from . import engines
 from .auth import effective_credentials
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
+from .inference import warm_up
 from .logs import loggable
 from .metrics import Metrics
 from .registry import ModelRegistry
+from .scheduler import Scheduler
 from .sessions import SessionStore
 from .settings import Settings
 
@@ -29,6 +32,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
+    engines.configure(settings.engine, settings.model_engines, settings.inference_threads)
     if registry is None:
         registry = ModelRegistry.open(settings.model_repo, settings.app_dir, settings.app_models, settings.device)
     app.extensions["aiaa.registry"] = registry
@@ -39,6 +43,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
     app.extensions["aiaa.metrics"] = Metrics(registry, store)
+    app.extensions["aiaa.scheduler"] = Scheduler(
+        settings.interactive_workers, settings.interactive_queue, settings.batch_workers, settings.batch_queue
+    )
+    if settings.warm_up:
+        warm_up(registry.list(), settings.device)
     for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)

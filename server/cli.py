@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,6 @@ logger = logging.getLogger("aiaa")
 
 def serve(args: argparse.Namespace) -> None:
     """Start the production WSGI server (waitress) with the app's default models."""
-    import torch
     import waitress
 
     from .app import create_app
@@ -40,6 +38,14 @@ def serve(args: argparse.Namespace) -> None:
         url_prefix=args.url_prefix,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         admin_credentials=load_credentials(args.admin_config),
+        engine=args.engine,
+        model_engines=dict(args.model_engine),
+        inference_threads=args.inference_threads,
+        interactive_workers=args.interactive_workers,
+        interactive_queue=args.interactive_queue,
+        batch_workers=args.batch_workers,
+        batch_queue=args.batch_queue,
+        warm_up=not args.no_warm_up,
         archive_limits=ArchiveLimits(
             max_files=args.archive_max_files,
             max_bytes=int(args.archive_max_mb * 2**20),
@@ -47,7 +53,6 @@ def serve(args: argparse.Namespace) -> None:
         ),
     )
     log_file = configure_logging(settings.log_dir)
-    torch.set_num_threads(os.cpu_count() or 1)
     app = create_app(settings)
     logger.info(
         "AIAA server on http://%s:%d (model repo %s, log %s)",
@@ -95,6 +100,50 @@ def export(args: argparse.Namespace) -> None:
 
     for fmt in args.format:
         print(export_model(app_dir, args.model, fmt, Path(args.out)))
+
+
+def model_engine(value: str) -> tuple[str, str]:
+    """`--model-engine NAME=ENGINE`."""
+    name, sep, engine = value.partition("=")
+    if not sep or not name or engine not in ENGINE_CHOICES:
+        raise argparse.ArgumentTypeError(f"expected NAME=ENGINE with ENGINE one of {', '.join(ENGINE_CHOICES)}")
+    return name, engine
+
+
+ENGINE_CHOICES = ("auto", "torch", "torchscript", "onnxruntime")
+
+
+def add_inference_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    """Engines and scheduling (server/engines.py, server/scheduler.py)."""
+    p.add_argument("--engine", default=defaults.engine, choices=ENGINE_CHOICES, help="what runs the networks")
+    p.add_argument(
+        "--model-engine",
+        type=model_engine,
+        action="append",
+        default=[],
+        metavar="NAME=ENGINE",
+        help="engine for one model (repeatable), e.g. deepgrow_3d=torch",
+    )
+    p.add_argument(
+        "--inference-threads", type=int, default=defaults.inference_threads, help="threads per inference (0: all cores)"
+    )
+    p.add_argument(
+        "--interactive-workers",
+        type=int,
+        default=defaults.interactive_workers,
+        help="clicks/extreme points inferred at once",
+    )
+    p.add_argument(
+        "--interactive-queue",
+        type=int,
+        default=defaults.interactive_queue,
+        help="clicks that may wait for a worker; more get 503 with Retry-After",
+    )
+    p.add_argument("--batch-workers", type=int, default=defaults.batch_workers, help="segmentations run at once")
+    p.add_argument(
+        "--batch-queue", type=int, default=defaults.batch_queue, help="segmentations that may wait; more get 503"
+    )
+    p.add_argument("--no-warm-up", action="store_true", help="do not build the engines before serving")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -165,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.session_reap_interval_s,
         help="seconds between sweeps that delete expired sessions and their files",
     )
+    add_inference_arguments(p, defaults)
     p.set_defaults(func=serve)
 
     p = commands.add_parser("train", help="train one of the app's models")

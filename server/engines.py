@@ -5,8 +5,10 @@ window) and MONAI Label's `BasicInferTask.run_inferer` call it like the eager ne
 attribute names what really runs it (the model object's `engine` key).
 
 `auto` picks the fastest measured here (bench/engines.py): ONNX Runtime on CPU (about 5× eager PyTorch
-for the app's UNets on 2 cores), eager PyTorch on CUDA. Exported files are cached next to the weights,
-keyed by a hash of the weights and of the network definition, so a new checkpoint re-exports by itself.
+for the app's UNets on 2 cores), eager PyTorch on CUDA. Exported files are cached in one folder
+(`AIAA_ENGINE_CACHE`, default `~/.cache/aiaa/engines`), named by a hash of the network's definition and
+weights: a new checkpoint re-exports by itself, and the same weights in another model folder (the
+repository's copy of an app model, a test's fresh repository) reuse the export.
 
 Before each forward an engine calls the current thread's yield hook (`yield_hook`): the scheduler uses
 it to pause a full-volume segmentation between sliding-window patches while a click is being answered.
@@ -22,6 +24,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +34,38 @@ logger = logging.getLogger(__name__)
 
 AUTO = "auto"
 ENGINES = ("torch", "torchscript", "onnxruntime")
-CACHE_FOLDER = ".engines"  # under the weights' folder (git-ignored)
 ONNX_OPSET = 17
+CACHE_LIMIT = 64  # exported files kept in the cache folder (least recently used removed first)
 
+
+@dataclass
+class EngineSettings:
+    """The process-wide choices (`aiaa serve --engine/--model-engine/--inference-threads`)."""
+
+    default: str = AUTO
+    per_model: dict[str, str] = field(default_factory=dict)
+    threads: int = 0  # 0: the cores present
+    cache_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("AIAA_ENGINE_CACHE", "~/.cache/aiaa/engines")).expanduser()
+    )
+
+
+current = EngineSettings()
 _thread = threading.local()
+
+
+def configure(
+    default: str = AUTO, per_model: dict[str, str] | None = None, threads: int = 0, cache_dir: Path | None = None
+) -> None:
+    """Set the process-wide engine choices; invalid names raise ValueError."""
+    global current
+    per_model = {name: check_engine(engine) for name, engine in (per_model or {}).items()}
+    current = EngineSettings(check_engine(default), per_model, int(threads), *([Path(cache_dir)] if cache_dir else []))
+    torch.set_num_threads(engine_threads())
+
+
+def engine_threads() -> int:
+    return current.threads or cpu_threads()
 
 
 def cpu_threads() -> int:
@@ -61,9 +92,15 @@ def check_engine(name: str) -> str:
     return name
 
 
-def resolve_engine(name: str, device: str = "cpu") -> str:
-    """The engine `name` stands for on `device`: `auto` → ONNX Runtime on CPU, eager PyTorch on CUDA."""
+def resolve_engine(name: str, device: str = "cpu", model: str | None = None) -> str:
+    """The engine that runs `model` on `device`.
+
+    An explicit `name` (the model's own config) wins; `auto` defers to the server's per-model choice,
+    then its default, then the fastest measured here: ONNX Runtime on CPU, eager PyTorch on CUDA.
+    """
     name = check_engine(name)
+    if name == AUTO:
+        name = current.per_model.get(model or "", current.default)
     if name != AUTO:
         return name
     if str(device).startswith("cuda"):
@@ -85,7 +122,8 @@ def yield_hook(hook: Callable[[], None]) -> Iterator[None]:
         _thread.hook = previous
 
 
-def before_forward() -> None:
+def yield_point() -> None:
+    """Call the current thread's yield hook, if any: a place where lower-priority work may pause."""
     hook = getattr(_thread, "hook", None)
     if hook is not None:
         hook()
@@ -100,7 +138,7 @@ class Engine(torch.nn.Module):
     engine = "torch"
 
     def forward(self, x: torch.Tensor):
-        before_forward()
+        yield_point()
         if hasattr(x, "as_tensor"):  # MONAI MetaTensor: its metadata is not needed inside the network
             x = x.as_tensor()
         return self.run(x)
@@ -136,7 +174,7 @@ class OnnxModule(Engine):
     """An ONNX model run by ONNX Runtime, callable like the torch network it came from.
 
     `model` is a path or the file's bytes. One input (batch-first tensor); one output comes back as a
-    tensor, several as a tuple. `threads` defaults to the cores present; several requests may run the
+    tensor, several as a tuple. `threads` defaults to `engine_threads()`; several requests may run the
     same session at once (ONNX Runtime sessions are thread-safe), sharing its thread pool.
     """
 
@@ -147,7 +185,7 @@ class OnnxModule(Engine):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or cpu_threads()
+        options.intra_op_num_threads = threads or engine_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Concurrent requests share the cores: threads that spin while idle would steal them.
@@ -194,15 +232,13 @@ def export_torchscript(network: torch.nn.Module, example: torch.Tensor, target: 
     torch.jit.save(scripted, str(target))
 
 
-def cache_key(network: torch.nn.Module, weights: str | os.PathLike | None) -> str:
-    """Hash of the weights file and the network's definition: a changed checkpoint gets a new export."""
-    digest = hashlib.sha256(repr(network).encode())
-    if weights and Path(weights).is_file():
-        with open(weights, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    digest.update(torch.__version__.encode())
-    return digest.hexdigest()[:16]
+def cache_key(network: torch.nn.Module) -> str:
+    """Hash of the network's definition and weights: a changed checkpoint gets a new export."""
+    digest = hashlib.sha256(f"{torch.__version__} {network!r}".encode())
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
 
 
 def build_engine(
@@ -211,21 +247,20 @@ def build_engine(
     example_shape: Sequence[int],
     *,
     device: str = "cpu",
-    weights: str | os.PathLike | None = None,
-    name: str = "model",
+    model: str | None = None,
     threads: int | None = None,
 ) -> Engine:
-    """`network` (weights loaded) as the engine `engine` (resolved from `auto`) on `device`.
+    """`network` (weights loaded) as the engine `engine` (resolved for `model`) on `device`.
 
-    `example_shape` is one input (channels first, no batch) used to trace/export. Exports go to
-    `<weights folder>/.engines/<name>-<key>.<ext>` when that folder is writable, else stay in memory.
+    `example_shape` is one input (channels first, no batch) used to trace/export. Exports are cached
+    (see the module notes) when the cache folder is writable, else built in memory.
     """
-    engine = resolve_engine(engine, device)
+    engine = resolve_engine(engine, device, model)
     network = network.eval().to(torch.device(device))
     if engine == "torch":
         return TorchModule(network)
     example = torch.rand(1, *example_shape, device=torch.device(device))
-    cached = _cache_path(network, weights, name, engine)
+    cached = _cache_path(network, engine)
     if engine == "onnxruntime":
         if cached is None:
             buffer = io.BytesIO()
@@ -241,32 +276,31 @@ def build_engine(
     return TorchModule(torch.jit.load(str(cached), map_location=torch.device(device)), engine="torchscript")
 
 
-def _cache_path(network: torch.nn.Module, weights, name: str, engine: str) -> Path | None:
-    if not weights:
-        return None
-    folder = Path(weights).parent / CACHE_FOLDER
+def _cache_path(network: torch.nn.Module, engine: str) -> Path | None:
+    folder = current.cache_dir
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
     if not os.access(folder, os.W_OK):
         return None
     suffix = ".onnx" if engine == "onnxruntime" else ".ts"
-    return folder / f"{name}-{cache_key(network, weights)}{suffix}"
+    return folder / f"{cache_key(network)}{suffix}"
 
 
 def _export_once(path: Path, export: Callable[[Path], None]) -> None:
     """Write the export to a temp name and rename it, so a reader never sees half a file."""
     if path.is_file():
+        path.touch()  # recently used: kept when the cache is pruned
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         export(tmp)
         os.replace(tmp, path)
         logger.info("exported %s", path)
-        stem = path.name.rsplit("-", 1)[0]
-        for stale in path.parent.glob(f"{stem}-*{path.suffix}"):  # exports of earlier weights
-            if stale != path:
-                stale.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
+    exports = [*path.parent.glob("*.onnx"), *path.parent.glob("*.ts")]
+    exports.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in exports[CACHE_LIMIT:]:
+        stale.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ never gzip-encoded; a `params` part without filename comes first, then the mask 
 from __future__ import annotations
 
 import json
+import time
 
 from flask import Response
 from requests_toolbelt import MultipartEncoder
@@ -50,6 +51,7 @@ def flag(value) -> bool:
 def mask_reply(mask, reference, result: dict, params: dict, output: str | None = None) -> Response:
     """Encode the mask on the reference grid with the request's writer options, then reply."""
     extension = params.get("result_extension") or ".nii.gz"
+    started = time.perf_counter()
     mask_bytes = encode_mask(
         mask,
         reference,
@@ -57,4 +59,6 @@ def mask_reply(mask, reference, result: dict, params: dict, output: str | None =
         dtype=params.get("result_dtype") or "uint8",
         compress=flag(params.get("result_compress", True)),
     )
+    if isinstance(result.get("latencies"), dict):
+        result["latencies"]["encode"] = round(time.perf_counter() - started, 4)
     return result_reply(result, mask_bytes, f"result{extension}", output)

@@ -1,5 +1,9 @@
 """Sessions: an uploaded volume decoded once and kept ready, so each click skips upload and decoding.
 
+A session also caches what is derived from its image alone (`Session.cached`): the channel-first
+MetaTensor the tasks take, and each model's point-independent pre-processing, so a click only crops,
+infers and pastes back.
+
 Expiry is min(requested, configured max), counted from the last use (sliding). A reaper thread deletes
 expired sessions and their files; a cap on the total decoded bytes refuses new sessions when full.
 """
@@ -11,8 +15,10 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import SimpleITK as sitk
 
@@ -37,14 +43,37 @@ class Session:
     expiry_s: float
     created: float = field(default_factory=time.time)
     last_access: float = field(default_factory=time.time)
+    cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
+    cache_bytes: int = 0
+    _building: dict[Hashable, threading.Lock] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def nbytes(self) -> int:
+        """Memory held: the decoded image and what is cached from it."""
         return (
             self.image.GetNumberOfPixels()
             * self.image.GetSizeOfPixelComponent()
             * self.image.GetNumberOfComponentsPerPixel()
+            + self.cache_bytes
         )
+
+    def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        """The value cached under `key`, built once (concurrent callers of one key wait for the first)."""
+        with self._lock:
+            if key in self.cache:
+                return self.cache[key]
+            building = self._building.setdefault(key, threading.Lock())
+        with building:
+            with self._lock:
+                if key in self.cache:
+                    return self.cache[key]
+            value = build()
+            with self._lock:
+                self.cache[key] = value
+                self.cache_bytes += _nbytes(value)
+                self._building.pop(key, None)
+            return value
 
     def expired(self, now: float) -> bool:
         return now - self.last_access > self.expiry_s
@@ -61,6 +90,15 @@ class Session:
             "create_ts": round(self.created, 3),
             "last_access_ts": round(self.last_access, 3),
         }
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes of the tensors and arrays in a cached value (a tensor, or a dict of them)."""
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if hasattr(value, "untyped_storage"):  # torch tensors (MONAI MetaTensors too)
+        return value.numel() * value.element_size()
+    return int(getattr(value, "nbytes", 0))
 
 
 class SessionStore:

@@ -29,6 +29,14 @@ class Settings:
     session_max_expiry_s: float = 24 * 3600.0
     session_max_bytes: int = 8 * 1024**3  # decoded images held by all sessions together
     session_reap_interval_s: float = 10.0
+    engine: str = "auto"  # auto, torch, torchscript or onnxruntime (server/engines.py)
+    model_engines: dict[str, str] = field(default_factory=dict)  # per model name, overriding `engine`
+    inference_threads: int = 0  # threads one inference uses; 0: the cores present
+    interactive_workers: int = 1  # clicks/extreme points inferred at once (server/scheduler.py)
+    interactive_queue: int = 16  # more may wait; beyond that 503 + Retry-After
+    batch_workers: int = 1  # full-volume segmentations at once
+    batch_queue: int = 4
+    warm_up: bool = True  # build every engine and infer once before serving
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
 

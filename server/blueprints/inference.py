@@ -12,6 +12,7 @@ from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..points import parse_points
 from ..registry import ModelRegistry
 from ..replies import mask_reply
+from ..scheduler import Scheduler
 from ..uploads import request_image, request_params
 
 bp = Blueprint("inference", __name__)
@@ -19,6 +20,10 @@ bp = Blueprint("inference", __name__)
 
 def registry() -> ModelRegistry:
     return current_app.extensions["aiaa.registry"]
+
+
+def scheduler() -> Scheduler:
+    return current_app.extensions["aiaa.scheduler"]
 
 
 def label_matches(labels: list[str], query: str) -> bool:
@@ -80,13 +85,19 @@ def infer(op: str, model_type: str | None = None):
     if model.type not in TASK_INPUTS:
         raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
     params = request_params()
-    image = request_image()
+    session_id = request.args.get("session_id")
+    session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
+    image = session.image if session else request_image()
     if model.task.dimension == 3:
         require_3d(image, model.name)
+    inputs = TASK_INPUTS[model.type](params, image)
     device = current_app.config["SETTINGS"].device
-    mask, result = run_model(model, image, TASK_INPUTS[model.type](params, image), device=device)
-    record_inference(model.name, result.get("latencies", {}))
-    return mask_reply(mask, image, result, params, request.args.get("output"))
+    with scheduler().run(model.type) as queued:
+        mask, result = run_model(model, image, inputs, device=device, session=session)
+        result["latencies"]["queue"] = round(queued, 4)
+        reply = mask_reply(mask, image, result, params, request.args.get("output"))
+    record_inference(model.name, result["latencies"])
+    return reply
 
 
 @bp.post("/v1/segmentation")

@@ -20,7 +20,9 @@ class AppModelConfig(TaskConfig):
         self.network = type(self).network_factory()
 
     def infer(self) -> BasicInferTask:
-        return self.infer_class(path=self.path, network=self.network)
+        """The task; its engine is the conf's `engine_<name>` or `engine` (auto, torch, torchscript, onnxruntime)."""
+        engine = self.conf.get(f"engine_{self.name}") or self.conf.get("engine") or "auto"
+        return self.infer_class(path=self.path, network=self.network, engine=engine, model_name=self.name)
 
     def trainer(self):
         return None  # trained with `aiaa train <model>` (lib/trainers)

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import EnsureTyped, ScaleIntensityRanged
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
+
+from .base import AppInferTask
 
 # A wide CT window: the click models are class-agnostic (soft tissue, fluid, gas-filled and bony objects).
 CT_WINDOW = (-400.0, 600.0)
@@ -43,7 +44,7 @@ def click_preprocessing(
     ]
 
 
-class InteractiveTask(BasicInferTask):
+class InteractiveTask(AppInferTask):
     """Point-driven 3D task: subclasses say which points shape the box and which become heatmaps."""
 
     task_type: InferType
@@ -61,13 +62,19 @@ class InteractiveTask(BasicInferTask):
         )
 
     @property
+    def example_shape(self) -> tuple[int, ...]:
+        return (1 + len(self.points_keys), *self.crop_size)
+
+    @property
     def model_info(self) -> dict:
         """Extra keys of the AIAA model object (`/v1/models`)."""
         return {}
 
-    def pre_transforms(self, data=None) -> Sequence[Callable]:
+    def point_independent_transforms(self) -> list[Callable]:
+        return [LoadImageOrTensord(keys="image")]
+
+    def point_dependent_transforms(self) -> list[Callable]:
         return [
-            LoadImageOrTensord(keys="image"),
             *click_preprocessing(
                 ("image",),
                 ("trilinear",),

@@ -5,18 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from monai.inferers import Inferer, SlidingWindowInferer
-from monai.transforms import (
-    AsDiscreted,
-    EnsureTyped,
-    KeepLargestConnectedComponentd,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-)
+from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.transforms import LoadImageOrTensord, RestoreGeometryd
+from lib.transforms import LoadImageOrTensord, LogitsToInputGridd, RestoreGeometryd
+
+from .base import AppInferTask
 
 # Shared with the trainer so training and inference see the same intensities and grid.
 TARGET_SPACING = (3.0, 3.0, 3.0)
@@ -34,8 +28,11 @@ def preprocessing(keys=("image",), modes=("bilinear",)) -> list[Callable]:
     ]
 
 
-class SegmentationSpleen(BasicInferTask):
-    """Spleen CT segmentation; the logits are resampled back to the input grid before the argmax."""
+class SegmentationSpleen(AppInferTask):
+    """Spleen CT segmentation; the logits are resampled back to the input grid before the argmax.
+
+    All of its pre-processing is point-independent, so a session's segmentations resample the volume once.
+    """
 
     def __init__(self, path, network, description="Automatic spleen segmentation (CT)", **kwargs):
         super().__init__(
@@ -49,19 +46,17 @@ class SegmentationSpleen(BasicInferTask):
             **kwargs,
         )
 
-    def pre_transforms(self, data=None) -> Sequence[Callable]:
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return (1, *ROI_SIZE)
+
+    def point_independent_transforms(self) -> list[Callable]:
         return [LoadImageOrTensord(keys="image"), *preprocessing()]
 
     def inferer(self, data=None) -> Inferer:
         return SlidingWindowInferer(roi_size=ROI_SIZE, sw_batch_size=1, overlap=0.25, mode="gaussian")
 
-    def inverse_transforms(self, data=None):
-        return []  # every invertible pre-transform (Orientationd, Spacingd), on the logits
-
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [
-            AsDiscreted(keys="pred", argmax=True),
-            KeepLargestConnectedComponentd(keys="pred", applied_labels=[1]),
-            EnsureTyped(keys="pred", dtype="uint8", data_type="numpy"),
-            RestoreGeometryd(keys="pred"),
-        ]
+        # Resampling the logits back (the inverse of Orientationd and Spacingd), argmax and the largest
+        # connected component, done only around the object (LogitsToInputGridd).
+        return [LogitsToInputGridd(keys="pred", ref_image="image"), RestoreGeometryd(keys="pred")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -10,8 +11,12 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
+from scipy import ndimage
+
+from server.inference import PRED_BOX  # data key: the box outside which the pasted mask is all zero
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
+ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded
 
 
 class LoadImageOrTensord(MapTransform):
@@ -37,6 +42,7 @@ class LoadImageOrTensord(MapTransform):
             else:
                 d[key] = self.loader(value)
             d[f"{key}_{ORIGINAL_AFFINE}"] = d[key].affine.clone()
+            d[f"{key}_{ORIGINAL_SHAPE}"] = tuple(d[key].shape[1:])
         return d
 
 
@@ -78,7 +84,8 @@ def crop_box(
 class CropAroundPointsd(MapTransform):
     """Crop `keys` to the box around the points of `box_points` and resample the crop to `roi_size`.
 
-    The click and extreme-point models work on this crop, not on the whole volume. Every points key in
+    The click and extreme-point models work on this crop (a plain tensor: its grid is no longer the
+    image's), not on the whole volume. Every points key in
     `points_keys` ([[i, j, k], ...] of the full image) is mapped into the resampled crop; the box and the
     full image shape are kept (`crop_box`, `image_shape`) so `PasteCropd` can put the mask back.
     """
@@ -108,7 +115,7 @@ class CropAroundPointsd(MapTransform):
         start, end = crop_box(points, shape, spacing, self.padding_mm, self.min_size_mm)
         scale = np.asarray(self.roi_size) / (end - start)
         for key, mode in zip(self.key_iterator(d), self.modes, strict=False):
-            crop = torch.as_tensor(d[key])[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
+            crop = bare(d[key])[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
             d[key] = F.interpolate(crop[None].float(), size=self.roi_size, mode=mode)[0]
         for key in self.points_keys:
             p = np.asarray(d.get(key) or [], dtype=float).reshape(-1, 3)
@@ -122,8 +129,10 @@ class CropAroundPointsd(MapTransform):
 class PasteCropd(MapTransform):
     """Resample the crop's logits back to the box size, take the argmax and paste it into a full-size mask.
 
-    Works in uint8 outside the box, so a click never allocates a full-size float volume. Adds the box
-    as AIAA's `crop` ([[i0, i1], [j0, j1], [k0, k1]], end exclusive) to the result JSON.
+    Works in uint8 outside the box, so a click never allocates a full-size float volume; the mask is
+    Fortran-ordered ([i, j, k] with i fastest, the order of NIfTI's voxel data) so it is written without
+    a transpose. Adds the box as AIAA's `crop` ([[i0, i1], [j0, j1], [k0, k1]], end exclusive) to the
+    result JSON, and as `pred_box` to the data.
     """
 
     def __init__(self, keys="pred", result_key: str = "result"):
@@ -133,15 +142,111 @@ class PasteCropd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         start, end = (np.asarray(v) for v in d["crop_box"])
-        mask = np.zeros(d["image_shape"], dtype=np.uint8)
+        box = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
         for key in self.key_iterator(d):
-            logits = torch.as_tensor(d[key]).float()
-            logits = F.interpolate(logits[None], size=tuple(int(s) for s in end - start), mode="trilinear")[0]
-            mask[start[0] : end[0], start[1] : end[1], start[2] : end[2]] = logits.argmax(0).numpy().astype(np.uint8)
+            mask = np.zeros(d["image_shape"], dtype=np.uint8, order="F")
+            size = tuple(int(s) for s in end - start)
+            mask[box] = labels_of(resize_logits(bare(d[key]).float(), size))
             d[key] = mask[None]
         crop = [[int(s), int(e)] for s, e in zip(start, end, strict=True)]
         d[self.result_key] = {**d.get(self.result_key, {}), "crop": crop}
+        d[PRED_BOX] = crop
         return d
+
+
+def bare(value) -> torch.Tensor:
+    """The tensor without MONAI metadata, no copy (MetaTensor operations cost a lot per call)."""
+    tensor = torch.as_tensor(value)
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
+
+
+def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Trilinear resize of C×X×Y×Z logits; two classes are resized as one score (logit1 − logit0), which
+    gives the same argmax (interpolation is linear) for half the work."""
+    if logits.shape[0] == 2:
+        logits = logits[1:] - logits[:1]
+    return F.interpolate(logits[None], size=tuple(size), mode="trilinear")[0]
+
+
+def labels_of(scores: torch.Tensor) -> np.ndarray:
+    """Argmax of C×... logits as uint8 labels; a single channel is the score of class 1 over class 0."""
+    labels = scores[0] > 0 if scores.shape[0] == 1 else scores.argmax(0)
+    return labels.numpy().astype(np.uint8)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected foreground component of a binary mask (all of it when empty)."""
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == sizes.argmax()
+
+
+class LogitsToInputGridd(MapTransform):
+    """Segmentation logits on the working grid → the largest connected mask on the input's own grid.
+
+    Equivalent to inverting Spacingd/Orientationd on the logits, then argmax and keeping the largest
+    component, but done only where the object is: the largest component is found on the coarse grid,
+    and only its bounding box (plus one coarse voxel) is resampled (trilinear, from the affines) onto
+    the input grid. A 512×512×100 CT costs a few hundred thousand samples instead of 2×26 M, and the
+    mask comes back Fortran-ordered uint8 with `pred_box` set.
+    """
+
+    def __init__(self, keys="pred", ref_image: str = "image", margin: int = 1):
+        super().__init__(keys)
+        self.ref_image, self.margin = ref_image, int(margin)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        working_affine = np.asarray(torch.as_tensor(d[self.ref_image].affine), dtype=float)
+        input_affine = np.asarray(torch.as_tensor(d[f"{self.ref_image}_{ORIGINAL_AFFINE}"]), dtype=float)
+        shape = tuple(int(s) for s in d[f"{self.ref_image}_{ORIGINAL_SHAPE}"])
+        index_to_working = np.linalg.inv(working_affine) @ input_affine  # input [i, j, k] → working index
+        for key in self.key_iterator(d):
+            logits = bare(d[key]).float()
+            score = (logits[1] - logits[0]) if logits.shape[0] == 2 else logits.argmax(0).float() - 0.5
+            coarse = largest_component(score.numpy() > 0)
+            mask = np.zeros(shape, dtype=np.uint8, order="F")
+            box = [[0, 0]] * 3
+            if coarse.any():
+                low = np.argwhere(coarse).min(0) - self.margin
+                high = np.argwhere(coarse).max(0) + self.margin
+                start, end = input_box(index_to_working, low, high, shape)
+                if (end > start).all():
+                    sampled = sample_on_grid(score, index_to_working, start, end)
+                    region = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
+                    mask[region] = largest_component(sampled.numpy() > 0)
+                    box = [[int(s), int(e)] for s, e in zip(start, end, strict=True)]
+            d[key] = mask[None]
+            d[PRED_BOX] = box
+        return d
+
+
+def input_box(
+    index_to_working: np.ndarray, low: np.ndarray, high: np.ndarray, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of the input voxels that map inside the working-grid box [low, high] (inclusive)."""
+    corners = np.array([[*corner, 1.0] for corner in itertools.product(*zip(low, high, strict=True))])
+    inputs = (np.linalg.inv(index_to_working) @ corners.T)[:3]
+    start = np.clip(np.floor(inputs.min(1)).astype(int), 0, shape)
+    end = np.clip(np.ceil(inputs.max(1)).astype(int) + 1, 0, shape)
+    return start, end
+
+
+def sample_on_grid(volume: torch.Tensor, index_to_volume: np.ndarray, start, end) -> torch.Tensor:
+    """Trilinear samples of `volume` (X×Y×Z) at the input voxels [start, end), edges clamped."""
+    axes = [torch.arange(s, e, dtype=torch.float64) for s, e in zip(start, end, strict=True)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    matrix = torch.as_tensor(index_to_volume, dtype=torch.float64)
+    coords = grid @ matrix[:3, :3].T + matrix[:3, 3]
+    size = torch.tensor(volume.shape, dtype=torch.float64)
+    normalised = (coords * 2 / (size - 1).clamp(min=1) - 1).flip(-1).float()  # grid_sample wants (z, y, x)
+    sampled = F.grid_sample(
+        volume[None, None].float(), normalised[None], mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return sampled[0, 0]
 
 
 def point_heatmap(shape: Sequence[int], points: Sequence[Sequence[int]], sigma: float) -> np.ndarray:
@@ -171,7 +276,7 @@ class PointHeatmapsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            image = torch.as_tensor(d[key], dtype=torch.float32)
+            image = bare(d[key]).float()
             maps = [point_heatmap(image.shape[1:], d.get(k) or [], self.sigma) for k in self.points_keys]
             d[key] = torch.cat([image, torch.from_numpy(np.stack(maps))])
         return d
