@@ -9,6 +9,7 @@ these same classes (a stock Clara/MONAI host does not have them). The server's v
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import zipfile
@@ -17,7 +18,14 @@ from pathlib import Path
 import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 from monai.networks.nets import UNet
-from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
+from monai.transforms import (
+    AsDiscreted,
+    EnsureTyped,
+    KeepLargestConnectedComponentd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib import transforms as app_transforms
@@ -41,38 +49,42 @@ def describe_transform(t) -> tuple[str, dict] | None:
         return None
     if isinstance(t, app_transforms.LoadImageOrTensord):
         return "monai.transforms.LoadImaged", {"keys": _keys(t), "ensure_channel_first": True}
+    if type(t).__module__.startswith(app_transforms.__name__):
+        return OWN + type(t).__name__, own_args(t)
+    keys = {"keys": _keys(t)}
     if isinstance(t, Orientationd):
-        return "monai.transforms.Orientationd", {"keys": _keys(t), "axcodes": t.ornt_transform.axcodes}
+        return "monai.transforms.Orientationd", {**keys, "axcodes": t.ornt_transform.axcodes}
     if isinstance(t, Spacingd):
         pixdim = [float(p) for p in t.spacing_transform.pixdim]
-        return "monai.transforms.Spacingd", {"keys": _keys(t), "pixdim": pixdim, "mode": list(t.mode)}
+        return "monai.transforms.Spacingd", {**keys, "pixdim": pixdim, "mode": list(t.mode)}
     if isinstance(t, ScaleIntensityRanged):
         window = {k: getattr(t.scaler, k) for k in ("a_min", "a_max", "b_min", "b_max", "clip")}
-        return "monai.transforms.ScaleIntensityRanged", {"keys": _keys(t), **window}
+        return "monai.transforms.ScaleIntensityRanged", {**keys, **window}
     if isinstance(t, EnsureTyped):
         dtype = t.dtype[0] if isinstance(t.dtype, tuple) else t.dtype
-        return "monai.transforms.EnsureTyped", {
-            "keys": _keys(t),
-            "dtype": None if dtype is None else str(dtype),
-            "data_type": t.converter.data_type,
+        dtype = None if dtype is None else str(dtype)
+        return "monai.transforms.EnsureTyped", {**keys, "dtype": dtype, "data_type": t.converter.data_type}
+    if isinstance(t, AsDiscreted):
+        return "monai.transforms.AsDiscreted", {**keys, "argmax": t.argmax[0], "threshold": t.threshold[0]}
+    if isinstance(t, KeepLargestConnectedComponentd):
+        labels = t.converter.applied_labels
+        return "monai.transforms.KeepLargestConnectedComponentd", {
+            **keys,
+            "applied_labels": None if labels is None else list(labels),
+            "independent": t.converter.independent,
         }
-    if isinstance(t, app_transforms.CropAroundPointsd):
-        return OWN + "CropAroundPointsd", {
-            "keys": list(t.keys),
-            "box_points": list(t.box_points),
-            "points_keys": list(t.points_keys),
-            "roi_size": list(t.roi_size),
-            "padding_mm": t.padding_mm,
-            "min_size_mm": t.min_size_mm,
-            "modes": list(t.modes),
-        }
-    if isinstance(t, app_transforms.PointHeatmapsd):
-        return OWN + "PointHeatmapsd", {"keys": _keys(t), "points_keys": list(t.points_keys), "sigma": t.sigma}
-    if isinstance(t, app_transforms.PasteCropd):
-        return OWN + "PasteCropd", {"keys": _keys(t), "result_key": t.result_key}
-    if isinstance(t, app_transforms.LogitsToInputGridd):
-        return OWN + "LogitsToInputGridd", {"keys": _keys(t), "ref_image": t.ref_image, "margin": t.margin}
     raise ValueError(f"cannot export transform {type(t).__name__}: teach lib/export.py its arguments")
+
+
+def own_args(t) -> dict:
+    """The constructor arguments of one of the app's transforms, which keep each under the same name."""
+    args = {}
+    for name, parameter in inspect.signature(type(t)).parameters.items():
+        value = list(t.keys) if name == "keys" else getattr(t, name, parameter.default)
+        if value is inspect.Parameter.empty:
+            raise ValueError(f"cannot export {type(t).__name__}: it does not keep its argument '{name}'")
+        args[name] = list(value) if isinstance(value, tuple) else value
+    return args
 
 
 def describe_inferer(inferer: Inferer) -> tuple[str, dict]:
