@@ -12,7 +12,7 @@ import torch
 from monai.networks.nets import UNet
 
 from server.errors import BadRequest
-from server.imageio import to_array
+from server.imageio import to_array, to_metatensor
 from server.inference import run_model
 from server.model_formats import load_model
 from server.phantoms import make_phantom
@@ -378,3 +378,13 @@ def test_clara4_deepgrow_pipeline_runs_on_the_input_grid(tmp_path, phantom):
     box = (slice(i0, i1 + 1), slice(j0, j1 + 1), slice(k0, k1 + 1))
     assert dice(mask[box], expected_mask(phantom.image)[box]) > 0.75  # through a 24→16 resize and back
     assert mask.sum() < 0.5 * expected_mask(phantom.image).sum()  # only the crop around the click
+
+
+@pytest.mark.parametrize("config", [clara4_config, clara3_config])
+def test_the_decoded_image_is_left_as_it_was(tmp_path, phantom, config):
+    """A session hands every request the same decoded MetaTensor: running a model must not change it."""
+    model = load_model(write_mmar(tmp_path, config()), "model")
+    image = to_metatensor(phantom.image)
+    meta, values = dict(image.meta), image.clone()
+    model.task({"image": image, "skip_writer": True, "device": "cpu"})
+    assert set(image.meta) == set(meta) and torch.equal(image, values) and not image.applied_operations

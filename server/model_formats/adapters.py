@@ -39,15 +39,17 @@ class LoadServerImaged(LoadImageOrTensord):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = super().__call__(data)
         for key in self.key_iterator(d):
-            d[f"{key}_{INPUT_SHAPE}"] = tuple(d[key].shape[1:])
-            d[key].meta["spatial_shape"] = np.asarray(d[key].shape[1:])  # as MONAI's readers record them
-            d[key].meta["original_affine"] = d[key].affine.clone()
-            if not self.ensure_channel_first and d[key].shape[0] == 1:
-                d[key] = d[key][0]
-                d[key].meta["original_channel_dim"] = "no_channel"
-            else:
-                d[key].meta["original_channel_dim"] = 0
-            d[f"{key}_meta_dict"] = dict(d[key].meta)  # the load-time meta data older pipelines read (deepgrow)
+            image = d[key]  # a session's cached tensor: never modify it, only wrap its data
+            shape = tuple(image.shape[1:])
+            squeeze = not self.ensure_channel_first and image.shape[0] == 1
+            image = image[0] if squeeze else MetaTensor(image.as_tensor(), meta=dict(image.meta))
+            image.meta.update(  # as MONAI's readers record them
+                spatial_shape=np.asarray(shape),
+                original_affine=image.affine.clone(),
+                original_channel_dim="no_channel" if squeeze else 0,
+            )
+            d[key], d[f"{key}_{INPUT_SHAPE}"] = image, shape
+            d[f"{key}_meta_dict"] = dict(image.meta)  # the load-time meta data older pipelines read (deepgrow)
         return d
 
 
