@@ -87,8 +87,10 @@ class ConfiguredTask(BasicInferTask):
         return self._post
 
     def _get_network(self, device, data):
+        """The network on `device` (a copy per device; an ONNX Runtime session stays on the CPU)."""
         network = self._networks.get(device)
         if network is None:
-            network = self._network if str(device) == "cpu" else copy.deepcopy(self._network).to(device)
+            on_cpu = str(device) == "cpu" or self.engine == "onnxruntime"
+            network = self._network if on_cpu else copy.deepcopy(self._network).to(device)
             self._networks[device] = network
         return network
