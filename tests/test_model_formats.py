@@ -200,6 +200,8 @@ def mmar_with(tmp_path, **changes) -> Path:
         ([{"name": "monai.transforms.__class__", "args": {}}], "'monai.transforms.__class__' is not allowed"),
         ([{"name": "monai.transforms.NoSuchThingd", "args": {}}], "'monai.transforms.NoSuchThingd' is not allowed"),
         ([{"name": "custom.MyTransformd", "args": {}}], "'custom.MyTransformd' is not allowed"),
+        ([{"name": "custom.ExtremePointsd", "args": {}}], "'custom.ExtremePointsd' is not allowed"),
+        ([{"name": "custom.LoadImaged", "args": {}}], "'custom.LoadImaged' is not allowed"),
         ([{"name": "monai.transforms.Spacingd", "args": {"keys": "image", "bogus": 1}}], "cannot build"),
         ([{"args": {}}], "must be an object with a 'name'"),
         ({"name": "x"}, "must be a list"),

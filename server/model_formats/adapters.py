@@ -20,14 +20,14 @@ APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "spleen"
 if str(APP_DIR) not in sys.path:  # the app's transforms are the server's too (`lib.transforms`)
     sys.path.insert(0, str(APP_DIR))
 
-from lib.transforms import LoadImageOrTensord  # noqa: E402
+from lib import transforms as app_transforms  # noqa: E402
 
 __all__ = ["LoadServerImaged", "Restored"]
 
 INPUT_SHAPE = "input_shape"  # data key suffix: the decoded image's spatial shape
 
 
-class LoadServerImaged(LoadImageOrTensord):
+class LoadServerImaged(app_transforms.LoadImageOrTensord):
     """What a config's `LoadImaged` becomes: the decoded image (or a file path), shaped as `LoadImaged`
     gives it, i.e. without a channel axis for a one-channel volume unless `ensure_channel_first`, so the
     config's own `AddChanneld`/`EnsureChannelFirstd` that follows does what it always did."""

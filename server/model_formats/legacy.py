@@ -20,8 +20,7 @@ from monai.transforms import (
 )
 
 from ..errors import BadRequest
-from .adapters import LoadServerImaged, Restored
-from .names import APP_DIR  # noqa: F401 - importing names puts the app on sys.path for `lib`
+from .adapters import LoadServerImaged, Restored, app_transforms
 
 DEFAULT_ROI = [128, 128, 128]
 DEFAULT_PADDING_MM = 20.0
@@ -41,11 +40,9 @@ def _keys(args: dict, default: str = "image"):
 
 
 def _crop(args: dict, ctx: Context) -> list[Callable]:
-    from lib.transforms import CropAroundPointsd
-
     ctx.cropped = True
     return [
-        CropAroundPointsd(
+        app_transforms.CropAroundPointsd(
             keys=_keys(args),
             box_points=("points",),
             points_keys=("points",),
@@ -56,9 +53,9 @@ def _crop(args: dict, ctx: Context) -> list[Callable]:
 
 
 def _heatmap(args: dict, ctx: Context) -> list[Callable]:
-    from lib.transforms import PointHeatmapsd
-
-    return [PointHeatmapsd(keys=_keys(args), points_keys=("points",), sigma=float(args.get("sigma", 3.0)))]
+    return [
+        app_transforms.PointHeatmapsd(keys=_keys(args), points_keys=("points",), sigma=float(args.get("sigma", 3.0)))
+    ]
 
 
 def _argmax(args: dict, ctx: Context) -> list[Callable]:
@@ -68,11 +65,9 @@ def _argmax(args: dict, ctx: Context) -> list[Callable]:
 
 
 def _restore(args: dict, ctx: Context) -> list[Callable]:
-    from lib.transforms import PasteCropd
-
     keys = _keys(args, ctx.output_key)
     if ctx.cropped:
-        return [PasteCropd(keys=keys)]
+        return [app_transforms.PasteCropd(keys=keys)]
     return [Restored(keys=keys, ref_image=args.get("src_field", "image"))]
 
 

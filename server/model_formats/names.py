@@ -8,10 +8,8 @@ importing a module the upload names. Anything else is refused with a 400 that na
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
 
 import monai.apps.deepgrow.transforms as deepgrow_transforms
@@ -22,8 +20,6 @@ import torch
 
 from ..errors import BadRequest
 from . import adapters
-
-APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "spleen"
 
 # MONAI transforms an upload may not name: they take code (callables, module names) or read/write files.
 # Loaders are mapped to the server's loader and writers are dropped (see below), never run as named.
@@ -74,15 +70,6 @@ LEGACY_MONAI = {
 }
 
 
-def _app_transforms() -> ModuleType:
-    """The app's own transforms (`apps/spleen/lib/transforms`), importable as `lib.transforms`."""
-    if str(APP_DIR) not in sys.path:
-        sys.path.insert(0, str(APP_DIR))
-    from lib import transforms
-
-    return transforms
-
-
 def _attribute(module: ModuleType, name: str, base: type) -> type | None:
     value = getattr(module, name, None) if name.isidentifier() and not name.startswith("_") else None
     return value if isinstance(value, type) and issubclass(value, base) else None
@@ -93,7 +80,7 @@ def _server_transform(name: str) -> type | None:
     aiaa = {"Restored": adapters.Restored, "LargestCCd": monai_transforms.KeepLargestConnectedComponentd}
     if name in aiaa:
         return aiaa[name]
-    for module in (adapters, _app_transforms()):
+    for module in (adapters, adapters.app_transforms):
         if name in getattr(module, "__all__", ()):
             found = _attribute(module, name, monai_transforms.Transform)
             if found:
@@ -107,15 +94,16 @@ def resolve_transform(full_name: str) -> Resolved:
     if not isinstance(full_name, str) or not full_name:
         raise BadRequest(f"Transform name must be a non-empty string, got {full_name!r}.")
     prefix, _, name = full_name.rpartition(".")
-    if name in DROPPED:
+    monai_name = prefix in ("", "monai.transforms") or prefix.startswith("monai.transforms.")
+    if name in DROPPED and (monai_name or prefix == "aiaa.transforms"):
         return Resolved(full_name, None)
-    if name in LOADERS:
+    if name in LOADERS and monai_name:
         return Resolved(full_name, adapters.LoadServerImaged, lambda args: _pick(args, "keys", "ensure_channel_first"))
     if prefix in ("aiaa.transforms", "aiaa.apps.transforms"):
         cls = _server_transform(name)
     elif prefix in ("aiaa.apps.deepgrow", "aiaa.apps.deepgrow.transforms", "monai.apps.deepgrow.transforms"):
         cls = _attribute(deepgrow_transforms, name, monai_transforms.Transform)
-    elif prefix in ("", "monai.transforms") or prefix.startswith("monai.transforms."):
+    elif monai_name:
         if name in LEGACY_MONAI:
             new, fix = LEGACY_MONAI[name]
             return Resolved(full_name, getattr(monai_transforms, new), fix)

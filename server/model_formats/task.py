@@ -12,7 +12,7 @@ from monai.inferers import Inferer
 from monai.transforms import Invertd, InvertibleTransform
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from .adapters import LoadServerImaged, Restored
+from .adapters import LoadServerImaged, Restored, app_transforms
 
 RESERVED_INFO = {"name", "type", "labels", "description", "version", "status", "source", "engine", "dimension"}
 
@@ -70,9 +70,7 @@ class ConfiguredTask(BasicInferTask):
         for t in self._post:
             if isinstance(t, Restored):
                 t.bind(self._pre)
-        from lib.transforms import RestoreGeometryd  # the app's (importable once adapters is loaded)
-
-        self._post.append(RestoreGeometryd(keys=spec.output_key, ref_image=spec.input_key))
+        self._post.append(app_transforms.RestoreGeometryd(keys=spec.output_key, ref_image=spec.input_key))
 
     def is_valid(self) -> bool:
         return True
