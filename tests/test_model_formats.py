@@ -289,9 +289,10 @@ def test_clara3_config_maps_tensorflow_era_names(tmp_path, phantom):
 def test_clara3_extreme_points_model_crops_around_the_points(tmp_path, phantom):
     config = clara3_config()
     config.update(type="annotation", labels=[], roi=[32, 32, 32], sigma=3)
-    config["pre_transforms"][2:2] = [{"name": "CropByExtremePoints", "args": {"fields": "image", "pad": 10}}]
+    # as Clara's: resample, crop around the points, heatmap channel (the resampling before the crop is dropped:
+    # the crop is resized to `roi`, and the points are voxels of the input)
+    config["pre_transforms"][3:3] = [{"name": "CropByExtremePoints", "args": {"fields": "image", "pad": 10}}]
     config["pre_transforms"].append({"name": "AddExtremePointsChannel", "args": {"image_field": "image"}})
-    del config["pre_transforms"][3]  # no resampling: the crop is resized to `roi`
     model = load_model(write_mmar(tmp_path, config, module=ThresholdNet(in_channels=2)), "dextr3d_v3")
     assert model.info()["roi"] == [32, 32, 32] and model.info()["padding"] == 20 and model.info()["sigma"] == 3
     points = [[20, 20, 10], [40, 20, 10], [30, 10, 10], [30, 30, 10], [30, 20, 5], [30, 20, 15]]
@@ -301,6 +302,7 @@ def test_clara3_extreme_points_model_crops_around_the_points(tmp_path, phantom):
     outside = mask.copy()
     outside[i0:i1, j0:j1, k0:k1] = 0
     assert mask.any() and not outside.any()
+    assert dice(mask[i0:i1, j0:j1, k0:k1], expected_mask(phantom.image)[i0:i1, j0:j1, k0:k1]) > 0.9
 
 
 @pytest.mark.parametrize("name", ["ScaleByFactor", "monai.transforms.Spacingd", "CenterData"])

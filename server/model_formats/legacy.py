@@ -105,11 +105,12 @@ def build_pipeline(config: dict, inference: dict) -> tuple[list, list, str]:
     nodes = (inference.get("tf") or {}).get("output_nodes") or {}
     output_key = str(inference.get("output") or next(iter(nodes), "model"))
     ctx = Context(config=config, output_key=output_key)
-    return (
-        _translate(config.get("pre_transforms"), "pre_transforms", ctx),
-        _translate(config.get("post_transforms"), "post_transforms", ctx),
-        output_key,
-    )
+    pre = _translate(config.get("pre_transforms"), "pre_transforms", ctx)
+    if ctx.cropped:  # the points are voxels of the input: a resampling before the crop would misplace them,
+        # and the crop is resized to `roi` anyway (its padding in mm, from the image's own spacing)
+        crop = next(i for i, t in enumerate(pre) if isinstance(t, app_transforms.CropAroundPointsd))
+        pre = [t for i, t in enumerate(pre) if i > crop or not isinstance(t, Spacingd)]
+    return pre, _translate(config.get("post_transforms"), "post_transforms", ctx), output_key
 
 
 def _translate(steps, where: str, ctx: Context) -> list[Callable]:
