@@ -68,6 +68,12 @@ def ct(tmp_path_factory):
     return phantom_file(tmp_path_factory.mktemp("ct"), size=(40, 36, 28))[0]
 
 
+@pytest.fixture(scope="module")
+def big_ct(tmp_path_factory):
+    """Big enough that SLOW takes seconds on it: several times as long as installing a small model."""
+    return phantom_file(tmp_path_factory.mktemp("big_ct"), size=(64, 56, 40))[0]
+
+
 def wait_for(condition, what: str, *alive: threading.Thread):
     """Poll an observable condition (never a fixed sleep); fail when the work it waits on ended without it."""
     deadline = time.monotonic() + DEADLINE_S
@@ -108,15 +114,16 @@ def unmarked_version(repo: Repo, name: str) -> Path | None:
 @pytest.mark.parametrize("moment", ["upload in .staging", "new version loading"])
 def test_kill_9_during_an_install_leaves_old_or_new_and_serves(repo, ct, tmp_path, moment):
     assert put_model(repo.url, "victim", mmar_upload(("old",))).status_code == 200
+    (old,) = version_folders(repo.path, "victim")
     thread, _ = in_background(put_model, repo.url, "victim", mmar_upload(("new",), **SLOW))
     if moment == "upload in .staging":
         wait_for(lambda: staging_busy(repo), "the upload in .staging", thread)
-        new_folder = None
     else:
-        new_folder = wait_for(lambda: unmarked_version(repo, "victim"), "the new version folder", thread)
+        wait_for(lambda: unmarked_version(repo, "victim"), "the new version folder", thread)
     repo.kill()
     thread.join()
-    committed = new_folder is not None and (new_folder / MARKER).exists()  # did the marker beat the kill?
+    # Did the new version's marker (the commit point) beat the kill? Then it must be served, else the old one.
+    committed = any((p / MARKER).exists() for p in version_folders(repo.path, "victim") if p != old)
 
     repo.restart()
     assert served(repo.url)["victim"]["labels"] == (["new"] if committed else ["old"])
@@ -143,10 +150,11 @@ def test_uploads_and_deletions_survive_a_restart(repo):
     assert version_folders(repo.path, "segmentation_spleen") == []
 
 
-def test_replace_during_a_running_inference(repo, ct, tmp_path):
-    assert put_model(repo.url, "swapped", mmar_upload(("old",), **SLOW)).status_code == 200
-    with open(ct, "rb") as f:
-        session = requests.put(f"{repo.url}/session/", files={"image": (ct.name, f.read())}, timeout=60).json()
+def test_replace_during_a_running_inference(repo, big_ct, tmp_path):
+    assert put_model(repo.url, "swapped", mmar_upload(("old",), **{**SLOW, "overlap": 0.625})).status_code == 200
+    replacement = mmar_upload(("new",))  # built beforehand: the swap must land while the inference runs
+    with open(big_ct, "rb") as f:
+        session = requests.put(f"{repo.url}/session/", files={"image": (big_ct.name, f.read())}, timeout=60).json()
     session_url = f"{repo.url}/session/{session['session_id']}"
     created = session["session_info"]["last_access_ts"]
 
@@ -165,15 +173,15 @@ def test_replace_during_a_running_inference(repo, ct, tmp_path):
         "the inference using its session",
         inference,
     )
-    replaced = put_model(repo.url, "swapped", mmar_upload(("new",)))
+    replaced = put_model(repo.url, "swapped", replacement)
     assert replaced.status_code == 200 and replaced.json()["labels"] == ["new"]
     assert inference.is_alive(), "the inference ended before the replacement: make SLOW slower"
     assert served(repo.url)["swapped"]["labels"] == ["new"]
     assert len(version_folders(repo.path, "swapped")) == 2  # the old version stays while in use
 
     inference.join()
-    params, _ = mask_reply(result["reply"], ct, tmp_path)
+    params, _ = mask_reply(result["reply"], big_ct, tmp_path)
     assert params["label_names"] == {"old": 1}  # finished on the model it started with
     wait_for(lambda: len(version_folders(repo.path, "swapped")) == 1, "the old version's removal")
-    params, _ = segment(repo.url, "swapped", ct, tmp_path)
+    params, _ = segment(repo.url, "swapped", big_ct, tmp_path)
     assert params["label_names"] == {"new": 1}
