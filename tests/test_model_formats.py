@@ -392,3 +392,37 @@ def test_the_decoded_image_is_left_as_it_was(tmp_path, phantom, config):
     meta, values = dict(image.meta), image.clone()
     model.task({"image": image, "skip_writer": True, "device": "cpu"})
     assert set(image.meta) == set(meta) and torch.equal(image, values) and not image.applied_operations
+
+
+BROKEN = {
+    "pre_transforms null": {"pre_transforms": None},
+    "pre_transforms object": {"pre_transforms": {"a": 1}},
+    "step is a string": {"pre_transforms": ["monai.transforms.Spacingd"]},
+    "args is a list": {"pre_transforms": [{"name": "monai.transforms.Spacingd", "args": [1]}]},
+    "name is a number": {"pre_transforms": [{"name": 5}]},
+    "labels null": {"labels": None},
+    "labels of numbers": {"labels": [1, 2]},
+    "inference is a list": {"inference": []},
+    "AIAA is a string": {"inference": {"AIAA": "x"}},
+    "AIAA args is a list": {"inference": {"AIAA": {"name": "aiaa.inference.PyTorchInference", "args": [1]}}},
+    "roi of strings": {"inference": {"AIAA": {"args": {"scanning_window": True, "roi": ["a"]}}}},
+    "meta_data is a list": {"inference": {"meta_data": [1]}},
+    "network is a string": {"network": "UNet"},
+    "network args wrong": {"network": {"name": "UNet", "args": {"nope": 1}}},
+    "writer is a list": {"writer": []},
+    "type is a list": {"type": ["segmentation"]},
+    "version is an object": {"version": {"major": 4}},
+}
+
+
+LOADS_ANYWAY = {"pre_transforms null", "inference is a list", "network args wrong"}  # (TorchScript: no network)
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_malformed_configs_are_400_never_a_crash(tmp_path, case):
+    config = {**clara4_config(), **BROKEN[case]}
+    if case in LOADS_ANYWAY:
+        assert load_model(write_mmar(tmp_path, config), "odd").type == "segmentation"
+        return
+    with pytest.raises(BadRequest):
+        load_model(write_mmar(tmp_path, config), "broken")

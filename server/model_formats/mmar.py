@@ -38,12 +38,15 @@ def read_config(folder: Path) -> dict:
 
 
 def config_version(config: dict) -> str:
-    """ "2", "3" or "4": the `version` field when it says, else v4 when transforms carry `monai.` names."""
+    """The config's major version, "2", "3" or "4": its `version` field when that says, else 4 when the
+    transforms carry `monai.`/`aiaa.` names."""
     version = str(config.get("version", "")).strip()
     major = version.split(".")[0]
     if major in ("2", "3", "4"):
         return major
-    steps = [*config.get("pre_transforms", []), *config.get("post_transforms", [])]
+    steps = [
+        s for key in ("pre_transforms", "post_transforms") if isinstance(config.get(key), list) for s in config[key]
+    ]
     modern = any(isinstance(s, dict) and str(s.get("name", "")).startswith(("monai.", "aiaa.")) for s in steps)
     return "4" if modern else "3"
 
@@ -51,6 +54,8 @@ def config_version(config: dict) -> str:
 def read_mmar(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] | None]:
     """The task spec of an MMAR folder and, when its config names one, a builder for its network."""
     config = read_config(folder)
+    if not isinstance(config.get("version", ""), (str, int, float)):
+        raise BadRequest("'version' must be a string or a number.")
     version = config_version(config)
     inference = config.get("inference") or {}
     if not isinstance(inference, dict):
@@ -144,8 +149,8 @@ def build_inferer(inference: dict) -> Inferer:
         if not args.get("scanning_window"):
             return SimpleInferer()
         roi = args.get("roi") or args.get("roi_size")
-        if not roi:
-            raise BadRequest("inference.AIAA.args: 'scanning_window' needs 'roi' (the window size).")
+        if not isinstance(roi, list) or not roi or not all(isinstance(n, int) and n > 0 for n in roi):
+            raise BadRequest("inference.AIAA.args: 'scanning_window' needs 'roi', the window size in voxels.")
         try:
             return SlidingWindowInferer(
                 roi_size=roi,

@@ -55,7 +55,6 @@ class ConfiguredTask(BasicInferTask):
             output_label_key=spec.output_key,
         )
         self.engine = engine
-        self.version = spec.version
         self.model_info = {k: v for k, v in spec.model_info.items() if k not in RESERVED_INFO}
         self._network = network
         self._inferer = spec.inferer
