@@ -183,3 +183,22 @@ def test_broken_bundles(tmp_path):
     metadata = {**METADATA, "type": "classification"}
     with pytest.raises(BadRequest, match="Model type 'classification'"):
         load_model(write_bundle(tmp_path / "e", spleen_style_config(), ThresholdNet(), metadata=metadata), "bad")
+
+
+MALFORMED = {
+    "preprocessing is a string": lambda c, m: c.update(preprocessing="hello"),
+    "inferer is a number": lambda c, m: c.update(inferer=3),
+    "references in a cycle": lambda c, m: c.update(inferer="@a", a="@inferer"),
+    "outputs is a list": lambda c, m: m["network_data_format"].update(outputs=[1]),
+    "network_data_format is a string": lambda c, m: m.update(network_data_format="x"),
+    "channel_def is a list": lambda c, m: m["network_data_format"]["outputs"]["pred"].update(channel_def=[1]),
+    "version is an object": lambda c, m: m.update(version={"major": 1}),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_bundles_are_400_never_a_crash(tmp_path, case):
+    config, metadata = spleen_style_config(), json.loads(json.dumps(METADATA))
+    MALFORMED[case](config, metadata)
+    with pytest.raises(BadRequest):
+        load_model(write_bundle(tmp_path, config, ThresholdNet(), metadata=metadata), "bad")

@@ -59,6 +59,8 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
     inferer = parsed(parser, "inferer")
     if not isinstance(inferer, Inferer):
         raise BadRequest("Bundle 'inferer' must be a monai.inferers class (e.g. SlidingWindowInferer).")
+    if not isinstance(metadata.get("version", ""), (str, int, float)):
+        raise BadRequest("metadata.json: 'version' must be a string or a number.")
     model_type = str(metadata.get("type", "segmentation")).lower()
     if model_type not in mmar.MODEL_TYPES:
         raise BadRequest(f"Model type '{model_type}' is not served here; supported: {', '.join(mmar.MODEL_TYPES)}.")
@@ -199,11 +201,13 @@ def flatten(value, key: str) -> list[Callable]:
 
 def bundle_labels(metadata: dict) -> list[str]:
     """Label names from the output's `channel_def`, in channel order, without the background."""
-    outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
-    output = outputs.get("pred") or next(iter(outputs.values()), {})
-    channels = output.get("channel_def") or {} if isinstance(output, dict) else {}
     try:
+        outputs = (metadata.get("network_data_format") or {}).get("outputs") or {}
+        output = outputs.get("pred") or next(iter(outputs.values()), {})
+        channels = output.get("channel_def") or {}
         ordered = sorted(((int(k), str(v)) for k, v in channels.items()), key=lambda item: item[0])
     except (TypeError, ValueError, AttributeError):
-        raise BadRequest("metadata.json: channel_def must map channel numbers to label names.") from None
+        raise BadRequest(
+            "metadata.json: network_data_format.outputs.pred.channel_def must map channel numbers to label names."
+        ) from None
     return [name for index, name in ordered if index != 0 and name.lower() != "background"]
