@@ -17,7 +17,7 @@ from server.phantoms import make_phantom, write_phantom
 USER, PASSWORD, TOKEN = "admin", secrets.token_urlsafe(12), secrets.token_urlsafe(16)
 AUTH = (USER, PASSWORD)
 ADMIN_ENV = {"AIAA_ADMIN_USER": USER, "AIAA_ADMIN_PASSWORD": PASSWORD, "AIAA_ADMIN_TOKEN": TOKEN}
-MAX_UPLOAD_MB = 4
+MAX_UPLOAD_MB = 8  # room for an exported app model (about 5 MB)
 ARCHIVE_MAX_MB = 64
 ARCHIVE_MAX_FILES = 200
 ARCHIVE_MAX_RATIO = 50

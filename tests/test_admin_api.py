@@ -16,6 +16,7 @@ from admin_helpers import (
     TOKEN,
     USER,
     archive_part,
+    mask_reply,
     phantom_file,
     put_model,
     repo_state,
@@ -89,6 +90,44 @@ def test_upload_serves_masks_on_the_input_grid(server, ct, tmp_path, form):
     params, _ = segment(server.url, name, ct, tmp_path)
     assert params["label_names"] == {info["labels"][0]: 1}
     assert len(version_folders(server.model_repo, name)) == 1
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The app's click models exported as MMAR zips (v4 config + TorchScript) by `aiaa export`."""
+    from lib.export import export_model
+
+    out = tmp_path_factory.mktemp("exported")
+    return {name: export_model(REPO_ROOT / "apps" / "spleen", name, "mmar", out) for name in CLICK_MODELS}
+
+
+CLICK_MODELS = {"extreme_points": ("annotation", "dextr3d"), "deepgrow_3d": ("deepgrow", "deepgrow")}
+
+
+@pytest.mark.parametrize("model", list(CLICK_MODELS))
+def test_uploaded_click_models_pass_their_test_inference_and_answer_points(server, ct, exported, tmp_path, model):
+    model_type, endpoint = CLICK_MODELS[model]
+    archive = exported[model]
+    reply = put_model(server.url, f"up_{model}", archive_part(archive.name, archive.read_bytes()))
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["type"] == model_type and reply.json()["source"] == "mmar"
+    box = [[20, 16, 12], [44, 40, 28]]  # an object's bounding box inside the 64x56x40 phantom
+    mid = [(lo + hi) // 2 for lo, hi in zip(*box, strict=True)]
+    if model_type == "annotation":
+        points = [[box[e][0] if a == 0 else mid[0], box[e][1] if a == 1 else mid[1], box[e][2] if a == 2 else mid[2]]
+                  for a in range(3) for e in (0, 1)]  # fmt: skip
+        params = {"points": points}
+    else:
+        params = {"foreground": [mid], "background": []}
+    with open(ct, "rb") as f:
+        reply = requests.post(
+            f"{server.url}/v1/{endpoint}",
+            params={"model": f"up_{model}"},
+            files={"datapoint": (ct.name, f.read())},
+            data={"params": json.dumps(params)},
+            timeout=300,
+        )
+    mask_reply(reply, ct, tmp_path)
 
 
 def test_the_app_model_is_served_from_the_repository(server):
@@ -172,6 +211,18 @@ def test_patch_reloads_with_a_new_config_and_a_bad_one_changes_nothing(server, c
     params, _ = segment(server.url, "patched", ct, tmp_path)
     assert params["label_names"] == {"after": 1}
     assert len(version_folders(server.model_repo, "patched")) == 1
+
+
+def test_a_bundle_config_can_be_read_and_patched(server):
+    assert put_model(server.url, "bundle_cfg", archive_part("b.zip", zip_bytes(bundle_files(("spleen",))))).ok
+    url = f"{server.url}/admin/model/bundle_cfg"
+    config = requests.get(url, auth=AUTH, timeout=60).json()
+    assert config["network_def"]["_target_"] == "UNet" and "preprocessing" in config
+    config["inferer"]["overlap"] = 0.5
+    reply = requests.patch(url, json=config, auth=AUTH, timeout=120)
+    assert reply.status_code == 200 and reply.json()["labels"] == ["spleen"], reply.text
+    assert requests.get(url, auth=AUTH, timeout=60).json()["inferer"]["overlap"] == 0.5
+    assert len(version_folders(server.model_repo, "bundle_cfg")) == 1
 
 
 def test_delete(server):

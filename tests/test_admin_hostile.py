@@ -250,6 +250,11 @@ HOSTILE = {
         400,
         "without its config",
     ),
+    "model_failing_its_test_inference": (
+        lambda: two_parts(v4_config(), "model.ts", model_bytes(tiny_unet(in_channels=2), "ts")),
+        400,
+        "failed a test inference",
+    ),
     "oversize": (
         lambda: archive_part("m.zip", bytes(MAX_UPLOAD_MB * 1024**2 + 1)),
         413,
