@@ -118,7 +118,7 @@ def test_state_dict_bundle_builds_network_def(tmp_path, phantom):
 
 
 def test_metadata_type_and_labels(tmp_path):
-    metadata = {**METADATA, "type": "deepgrow"}
+    metadata = {**json.loads(json.dumps(METADATA)), "type": "deepgrow"}  # a deep copy
     metadata["network_data_format"]["outputs"]["pred"]["channel_def"] = {"2": "kidney", "0": "background", "1": "liver"}
     model = load_model(write_bundle(tmp_path, spleen_style_config(), ThresholdNet(), metadata=metadata), "b")
     assert model.info()["type"] == "deepgrow" and model.info()["deepgrow"] == "3D"
