@@ -8,10 +8,26 @@ from ..archives import parse_config, prepare_model
 from ..auth import admin_required
 from ..errors import BadRequest
 from ..imageio import upload_basename
+from ..openapi import BINARY, MODEL_REF, document, form_body, json_reply
 from ..registry import ModelRegistry, check_name
 from ..uploads import safe_name
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+UPLOAD_FORM = form_body(
+    {
+        "data": {**BINARY, "description": "MMAR or MONAI bundle archive (.zip, .tar, .tar.gz, .gz), or with "
+                 "'config' a model file (.ts TorchScript, .pt checkpoint, .onnx)"},
+        "config": {**BINARY, "description": "config_aiaa.json, when 'data' is a single model file"},
+    },
+    required=["data"],
+)  # fmt: skip
+CONFIG_BODY = {
+    "required": True,
+    "description": "The new config (config_aiaa.json, or a bundle's inference config) as JSON.",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+MODEL_REPLY = json_reply("The model object, as GET /v1/models shows it.", MODEL_REF)
 
 
 def registry() -> ModelRegistry:
@@ -28,6 +44,7 @@ def config_part() -> bytes | None:
 
 
 @bp.put("/model/<name>")
+@document(body=UPLOAD_FORM, reply=MODEL_REPLY, errors=(400, 413))
 @admin_required
 def put_model(name: str):
     """Install (or replace) a model from an MMAR/bundle archive, or from a config plus one model file."""
@@ -50,12 +67,15 @@ def put_model(name: str):
 
 
 @bp.get("/model/<name>")
+@document(reply=json_reply("The stored config."), errors=(400, 404))
 @admin_required
 def get_model_config(name: str):
+    """The config the model was installed with."""
     return jsonify(registry().stored_config(check_name(name)))
 
 
 @bp.patch("/model/<name>")
+@document(body=CONFIG_BODY, reply=MODEL_REPLY, errors=(400, 404))
 @admin_required
 def patch_model_config(name: str):
     """Reload the model with a new config (JSON body, or a `config` part); a bad one leaves the old serving."""
@@ -68,7 +88,9 @@ def patch_model_config(name: str):
 
 
 @bp.delete("/model/<name>")
+@document(reply=json_reply("The model is no longer served."), errors=(400, 404))
 @admin_required
 def delete_model(name: str):
+    """Stop serving the model and remove it from the repository (requests already running finish)."""
     registry().delete(check_name(name))
     return jsonify({"success": True, "deleted": name})
