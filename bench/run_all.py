@@ -48,10 +48,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
-        platform.processor() or "unknown CPU",
-    )
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
     ram_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if "MemTotal" in line)
     return f"{os.cpu_count()} CPUs (`nproc`: {len(os.sched_getaffinity(0))}), {cpu}, {ram_kb / 2**20:.0f} GiB RAM"
 
@@ -93,11 +91,15 @@ class Client:
 def click_sets(truth: np.ndarray, count: int, seed: int = 0) -> list[dict]:
     """Clicks a user could make: 1–3 foreground points inside the object, sometimes a background point."""
     rng = np.random.default_rng(seed)
-    inside, outside = np.argwhere(truth), np.argwhere(~truth)
+    inside = np.argwhere(truth)
     sets = []
     for n in range(count):
         foreground = inside[rng.choice(len(inside), size=1 + n % 3)].tolist()
-        background = outside[rng.choice(len(outside), size=n % 2)].tolist()
+        background = []
+        while len(background) < n % 2:  # a voxel outside the object (drawn, not listed: the client stays light)
+            point = [int(rng.integers(s)) for s in truth.shape]
+            if not truth[tuple(point)]:
+                background.append(point)
         sets.append({"foreground": foreground, "background": background})
     return sets
 
@@ -175,11 +177,11 @@ def measure_concurrent(server: Server, image: Path, truth: np.ndarray, args) -> 
     for c, s in zip(clients, sessions, strict=True):  # each session's first click (conversion) out of the way
         c.infer("deepgrow", "deepgrow_3d", click_sets(truth, 1)[0], s)
     barrier = threading.Barrier(len(clients))
+    sets = [click_sets(truth, args.concurrent_clicks, seed=index + 1) for index in range(len(clients))]
 
     def user(index: int) -> list[tuple]:
         barrier.wait()
-        sets = click_sets(truth, args.concurrent_clicks, seed=index + 1)
-        return [clients[index].infer("deepgrow", "deepgrow_3d", c, sessions[index]) for c in sets]
+        return [clients[index].infer("deepgrow", "deepgrow_3d", c, sessions[index]) for c in sets[index]]
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
@@ -195,7 +197,7 @@ def measure_concurrent(server: Server, image: Path, truth: np.ndarray, args) -> 
 
 
 def measure_stock(studies: Path, truth: np.ndarray, args) -> dict:
-    server = start_monailabel(studies)
+    server = start_monailabel(studies, "--conf", "engine", args.stock_engine)
     try:
         http, times = requests.Session(), []
         for c in click_sets(truth, args.stock_clicks + 1):
@@ -243,7 +245,7 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
     ]
     conc = r["concurrent"]
     rows += [
-        (f"{args.clients} concurrent clickers p95 (limit: 4 × single-user p50)", conc["p95"], 4 * r["click"]["p50"], "s"),
+        (f"{args.clients} concurrent clickers p95 (limit: 4 × single p50)", conc["p95"], 4 * r["click"]["p50"], "s"),
         ("Click p95 while segmentations run (limit: 2 × idle p95)", r["click_during_segmentation"]["p95"],
          2 * r["click"]["p95"], "s"),
     ]
@@ -275,7 +277,8 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
     if stock:
         ratio = stock["click"]["p50"] / r["click"]["p50"]
         lines.append(
-            f"| Click p50 ratio, stock MONAI Label / ours | {ratio:.1f}× | ≥ 10× | {'✅' if ratio >= 10 else '❌'} |"
+            f"| Click p50 ratio, stock MONAI Label ({args.stock_engine}) / ours | {ratio:.1f}× | ≥ 10× | "
+            f"{'✅' if ratio >= 10 else '❌'} |"
         )
     lines += [
         "",
@@ -313,8 +316,9 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
             "",
             "## Stock MONAI Label, same app, same machine, same run",
             "",
-            "`monailabel start_server --app apps/spleen --studies DIR` (the same tasks and engines; it reads the",
-            "image from its datastore and writes the mask with its own writer on every request).",
+            f"`monailabel start_server --app apps/spleen --studies DIR --conf engine {args.stock_engine}`: the same",
+            "tasks and weights, run the way MONAI Label runs them (it reads the image from its datastore and",
+            "writes the mask with its own writer on every request).",
             "",
             "| measurement | stock MONAI Label | ours | ratio |",
             "|---|---|---|---|",
@@ -342,7 +346,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrent-clicks", type=int, default=8, help="clicks per concurrent user")
     parser.add_argument("--stock-clicks", type=int, default=5, help="clicks on stock MONAI Label (after one warm-up)")
     parser.add_argument("--no-stock", action="store_true", help="skip stock MONAI Label")
-    parser.add_argument("--engine-repeats", type=int, default=5)
+    parser.add_argument(
+        "--stock-engine",
+        default="torch",
+        choices=("torch", "torchscript", "onnxruntime"),
+        help="engine of the app's tasks under stock MONAI Label (torch: MONAI Label's own way, eager PyTorch)",
+    )
+    parser.add_argument("--engine-repeats", type=int, default=5, help="0: skip the engine comparison")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "speed.md")
     args = parser.parse_args(argv)
     args.spacing = tuple(round(fov / n, 4) for fov, n in zip(FIELD_OF_VIEW_MM, args.size, strict=True))
@@ -356,7 +366,7 @@ def main(argv: list[str] | None = None) -> Path:
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "load_start": load(),
-        "command": " ".join(["python", "bench/run_all.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "bench/run_all.py", *(sys.argv[1:] if argv is None else argv)]),
     }
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         tmp = Path(tmp)
@@ -369,7 +379,7 @@ def main(argv: list[str] | None = None) -> Path:
         studies.mkdir()
         sitk.WriteImage(phantom.image, str(studies / "ct.nii.gz"))
 
-        engines = engines_table(measure_engines(args.engine_repeats))
+        engines = engines_table(measure_engines(args.engine_repeats)) if args.engine_repeats else "(not measured)"
         server = start_aiaa(tmp / "aiaa")
         try:
             ours = measure_ours(server, image, truth, args)

@@ -596,10 +596,10 @@ def to_metatensor(image: sitk.Image) -> MetaTensor:
     """The image as MONAI's `ITKReader` would load it: channel-first `[1, i, j, k]` with its RAS affine.
 
     Our server and trainers hand this to the app's tasks, so the pipeline runs the same as when stock
-    MONAI Label loads the file from a path.
+    MONAI Label loads the file from a path. The tensor is a view of SimpleITK's buffer copy in its own
+    (Fortran) order: a C-ordered copy of a 512×512×100 CT costs about a second on 2 cores.
     """
-    array = to_array(image)
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None], affine=torch.from_numpy(ras_affine(image)))
+    return MetaTensor(torch.from_numpy(to_array(image))[None], affine=torch.from_numpy(ras_affine(image)))
 
 
 # --------------------------------------------------------------------------------------------- masks

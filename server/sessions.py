@@ -45,6 +45,7 @@ class Session:
     last_access: float = field(default_factory=time.time)
     cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
     cache_bytes: int = 0
+    _counted: set[int] = field(default_factory=set, repr=False)  # storages already in cache_bytes
     _building: dict[Hashable, threading.Lock] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -71,7 +72,7 @@ class Session:
             value = build()
             with self._lock:
                 self.cache[key] = value
-                self.cache_bytes += _nbytes(value)
+                self.cache_bytes += _nbytes(value, self._counted)
                 self._building.pop(key, None)
             return value
 
@@ -92,13 +93,18 @@ class Session:
         }
 
 
-def _nbytes(value: Any) -> int:
-    """Bytes of the tensors and arrays in a cached value (a tensor, or a dict of them)."""
+def _nbytes(value: Any, counted: set[int]) -> int:
+    """Bytes of the tensors in a cached value (a tensor, or a dict of them) not already `counted`
+    (the models' prepared data often shares the session's MetaTensor)."""
     if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    if hasattr(value, "untyped_storage"):  # torch tensors (MONAI MetaTensors too)
-        return value.numel() * value.element_size()
-    return int(getattr(value, "nbytes", 0))
+        return sum(_nbytes(v, counted) for v in value.values())
+    if not hasattr(value, "untyped_storage"):  # torch tensors (MONAI MetaTensors too)
+        return 0
+    storage = value.untyped_storage()
+    if storage.data_ptr() in counted:
+        return 0
+    counted.add(storage.data_ptr())
+    return storage.nbytes()
 
 
 class SessionStore:
