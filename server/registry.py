@@ -17,6 +17,7 @@ like any upload; a deleted app model is remembered in `.removed-app-models.json`
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import json
@@ -52,6 +53,8 @@ STAGING, TRASH = ".staging", ".trash"
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 VERSION_FOLDER = re.compile(r"(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})@(?P<id>\d+)")
 APP_WEIGHTS = Path("models") / "model.pt"
+
+RETIRED_SWEEP_S = 2.0  # how often to look for replaced versions kept alive only by reference cycles
 
 # The test inference every install runs: a small CT-like volume and the inputs each model type needs.
 SMOKE_SIZE = (48, 40, 32)
@@ -244,6 +247,9 @@ class ModelRegistry:
         self._write_lock = threading.Lock()
         self._name_locks: dict[str, threading.RLock] = {}
         self._last_id = 0
+        self._retired: list[weakref.ref] = []  # replaced or deleted versions still referenced somewhere
+        self._retired_added = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -438,6 +444,31 @@ class ModelRegistry:
             self._models = models
         if old is not None and old.folder is not None:
             weakref.finalize(old, self._discard, old.folder)  # once the last request using it is done
+            self._retire(old)
+
+    def _retire(self, model: ServedModel) -> None:
+        with self._write_lock:
+            self._retired.append(weakref.ref(model))
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_retired, name="aiaa-retired", daemon=True)
+                self._sweeper.start()
+        self._retired_added.set()
+
+    def _sweep_retired(self) -> None:
+        """Collect garbage while retired versions live on: a reference cycle (a traceback, a frame kept by a
+        library) can hold one after its last request ended, and only the collector frees it (and so runs
+        the finalizer that removes its folder)."""
+        while True:
+            self._retired_added.wait()
+            self._retired_added.clear()
+            while True:
+                gc.collect()
+                with self._write_lock:
+                    self._retired = [ref for ref in self._retired if ref() is not None]
+                    if not self._retired:
+                        break
+                self._retired_added.wait(RETIRED_SWEEP_S)
+                self._retired_added.clear()
 
     def _discard(self, folder: Path) -> None:
         """Remove a folder: first out of the repository's namespace (atomic), then from the disk."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,16 @@ def repo_state(repo: Path) -> set[str]:
 
 def version_folders(repo: Path, name: str) -> list[Path]:
     return sorted(p for p in repo.iterdir() if p.name.startswith(f"{name}@"))
+
+
+def settled_versions(repo: Path, name: str, count: int = 1, timeout_s: float = 30) -> list[Path]:
+    """The version folders of `name` once there are `count` of them: a replaced or deleted version's folder
+    goes when nothing references it any more, which a reference cycle can delay until the next collection."""
+    deadline = time.monotonic() + timeout_s
+    while len(found := version_folders(repo, name)) != count:
+        assert len(found) > count and time.monotonic() < deadline, f"versions of '{name}': {found}"
+        time.sleep(0.05)
+    return found
 
 
 def phantom_file(folder: Path, size=(64, 56, 40)) -> tuple[Path, sitk.Image]:

@@ -22,9 +22,9 @@ from admin_helpers import (
     repo_state,
     segment,
     served,
+    settled_versions,
     start_admin_server,
     two_parts,
-    version_folders,
 )
 from conftest import REPO_ROOT, start_server, stop_server
 from model_archives import (
@@ -89,7 +89,7 @@ def test_upload_serves_masks_on_the_input_grid(server, ct, tmp_path, form):
     assert served(server.url)[name] == info
     params, _ = segment(server.url, name, ct, tmp_path)
     assert params["label_names"] == {info["labels"][0]: 1}
-    assert len(version_folders(server.model_repo, name)) == 1
+    settled_versions(server.model_repo, name)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_uploaded_click_models_pass_their_test_inference_and_answer_points(serve
 
 def test_the_app_model_is_served_from_the_repository(server):
     assert served(server.url)["segmentation_spleen"]["source"] == "app"
-    (folder,) = version_folders(server.model_repo, "segmentation_spleen")
+    (folder,) = settled_versions(server.model_repo, "segmentation_spleen")
     assert (folder / "models" / "model.pt").read_bytes() == (
         REPO_ROOT / "apps" / "spleen" / "model" / "segmentation_spleen.pt"
     ).read_bytes()
@@ -210,7 +210,7 @@ def test_patch_reloads_with_a_new_config_and_a_bad_one_changes_nothing(server, c
     assert served(server.url)["patched"]["labels"] == ["after"]
     params, _ = segment(server.url, "patched", ct, tmp_path)
     assert params["label_names"] == {"after": 1}
-    assert len(version_folders(server.model_repo, "patched")) == 1
+    settled_versions(server.model_repo, "patched")
 
 
 def test_a_bundle_config_can_be_read_and_patched(server):
@@ -222,7 +222,7 @@ def test_a_bundle_config_can_be_read_and_patched(server):
     reply = requests.patch(url, json=config, auth=AUTH, timeout=120)
     assert reply.status_code == 200 and reply.json()["labels"] == ["spleen"], reply.text
     assert requests.get(url, auth=AUTH, timeout=60).json()["inferer"]["overlap"] == 0.5
-    assert len(version_folders(server.model_repo, "bundle_cfg")) == 1
+    settled_versions(server.model_repo, "bundle_cfg")
 
 
 def test_delete(server):
@@ -230,7 +230,7 @@ def test_delete(server):
     reply = requests.delete(f"{server.url}/admin/model/doomed", auth=AUTH, timeout=60)
     assert reply.status_code == 200 and reply.json() == {"success": True, "deleted": "doomed"}
     assert "doomed" not in served(server.url)
-    assert version_folders(server.model_repo, "doomed") == []
+    settled_versions(server.model_repo, "doomed", count=0)
     reply = requests.delete(f"{server.url}/admin/model/doomed", auth=AUTH, timeout=60)
     assert reply.status_code == 404 and "doomed" in reply.json()["error"]["message"]
     assert requests.get(f"{server.url}/v1/models", params={"model": "doomed"}, timeout=60).status_code == 404
@@ -259,7 +259,7 @@ def test_concurrent_uploads_to_one_name_are_serialised(server):
         t.join()
     assert all(r.status_code == 200 for r in replies.values()), [r.text for r in replies.values()]
     assert served(server.url)["contested"]["labels"][0] in replies
-    assert len(version_folders(server.model_repo, "contested")) == 1
+    settled_versions(server.model_repo, "contested")
     assert not any((server.model_repo / ".staging").iterdir())
 
 

@@ -18,6 +18,7 @@ from admin_helpers import (
     put_model,
     segment,
     served,
+    settled_versions,
     start_admin_server,
     two_parts,
     version_folders,
@@ -114,7 +115,7 @@ def unmarked_version(repo: Repo, name: str) -> Path | None:
 @pytest.mark.parametrize("moment", ["upload in .staging", "new version loading"])
 def test_kill_9_during_an_install_leaves_old_or_new_and_serves(repo, ct, tmp_path, moment):
     assert put_model(repo.url, "victim", mmar_upload(("old",))).status_code == 200
-    (old,) = version_folders(repo.path, "victim")
+    (old,) = settled_versions(repo.path, "victim")
     thread, _ = in_background(put_model, repo.url, "victim", mmar_upload(("new",), **SLOW))
     if moment == "upload in .staging":
         wait_for(lambda: staging_busy(repo), "the upload in .staging", thread)
