@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..archives import parse_config, prepare_model
 from ..auth import admin_required
+from ..engines import yield_hook
 from ..errors import BadRequest
 from ..imageio import upload_basename
 from ..openapi import BINARY, MODEL_REF, document, form_body, json_reply
@@ -32,6 +33,11 @@ MODEL_REPLY = json_reply("The model object, as GET /v1/models shows it.", MODEL_
 
 def registry() -> ModelRegistry:
     return current_app.extensions["aiaa.registry"]
+
+
+def behind_clicks():
+    """An install's test inference pauses while clicks are running, as batch inference does."""
+    return yield_hook(current_app.extensions["aiaa.scheduler"].checkpoint)
 
 
 def config_part() -> bytes | None:
@@ -62,7 +68,8 @@ def put_model(name: str):
         upload.parent.mkdir()
         data.save(upload)
         folder = prepare_model(upload, data_name, config, work, current_app.config["SETTINGS"].archive_limits)
-        model = registry().install(name, folder.path, folder.format)
+        with behind_clicks():
+            model = registry().install(name, folder.path, folder.format)
     return jsonify(model.info())
 
 
@@ -83,7 +90,8 @@ def patch_model_config(name: str):
     raw = config_part() if request.files or request.form else request.get_data()
     if not raw:
         raise BadRequest("Send the new config as the JSON request body (or as a 'config' part).")
-    model = registry().reconfigure(name, parse_config(raw, "new config"))
+    with behind_clicks():
+        model = registry().reconfigure(name, parse_config(raw, "new config"))
     return jsonify(model.info())
 
 
