@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -25,6 +26,7 @@ from admin_helpers import (
     settled_versions,
     start_admin_server,
     two_parts,
+    version_folders,
 )
 from conftest import REPO_ROOT, start_server, stop_server
 from model_archives import (
@@ -38,6 +40,8 @@ from model_archives import (
     v4_config,
     zip_bytes,
 )
+
+from server.registry import MARKER
 
 
 @pytest.fixture(scope="module")
@@ -246,18 +250,27 @@ def test_bad_model_names(server, name):
 
 
 def test_concurrent_uploads_to_one_name_are_serialised(server):
+    """Three slow uploads at once: never two of them installing (a new, unmarked version folder) together."""
+    slow = {"spacing": (2.0, 2.0, 2.0), "roi": (16, 16, 16), "overlap": 0.5}  # a test inference of seconds
+    uploads = {
+        label: two_parts(v4_config(labels=(label,), **slow), "model.ts", model_bytes(tiny_unet(), "ts"))
+        for label in ("first", "second", "third")
+    }
     replies = {}
 
     def upload(label: str) -> None:
-        files = two_parts(v4_config(labels=(label,)), "model.ts", model_bytes(tiny_unet(), "ts"))
-        replies[label] = put_model(server.url, "contested", files)
+        replies[label] = put_model(server.url, "contested", uploads[label])
 
-    threads = [threading.Thread(target=upload, args=(label,)) for label in ("first", "second", "third")]
+    threads = [threading.Thread(target=upload, args=(label,)) for label in uploads]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    installing = []
+    while any(t.is_alive() for t in threads):  # watch the repository while they run
+        folders = version_folders(server.model_repo, "contested")
+        installing.append(sum(not (f / MARKER).exists() for f in folders))
+        time.sleep(0.002)
     assert all(r.status_code == 200 for r in replies.values()), [r.text for r in replies.values()]
+    assert max(installing) == 1  # seen installing, one at a time
     assert served(server.url)["contested"]["labels"][0] in replies
     settled_versions(server.model_repo, "contested")
     assert not any((server.model_repo / ".staging").iterdir())
