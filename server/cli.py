@@ -125,7 +125,10 @@ def add_inference_arguments(p: argparse.ArgumentParser, defaults: Settings) -> N
         help="engine for one model (repeatable), e.g. deepgrow_3d=torch",
     )
     p.add_argument(
-        "--inference-threads", type=int, default=defaults.inference_threads, help="threads per inference (0: all cores)"
+        "--inference-threads",
+        type=int,
+        default=defaults.inference_threads,
+        help="threads per inference (0: half the cores)",
     )
     p.add_argument(
         "--interactive-workers",

@@ -80,7 +80,7 @@ class Scheduler:
 
     def __init__(
         self,
-        interactive_workers: int = 1,
+        interactive_workers: int = 2,
         interactive_queue: int = 16,
         batch_workers: int = 1,
         batch_queue: int = 4,
