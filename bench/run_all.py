@@ -171,29 +171,39 @@ def measure_ours(server: Server, image: Path, truth: np.ndarray, args) -> dict:
 
 
 def measure_concurrent(server: Server, image: Path, truth: np.ndarray, args) -> dict:
-    """`clients` users, each with a session of their own, clicking as fast as the replies come."""
+    """`clients` users, each with a session of their own: clicking back to back (a stress test), then taking
+    `think` seconds to look at each result before the next click (a session as a clinician works it)."""
     clients = [Client(server.url) for _ in range(args.clients)]
     sessions = [c.upload(image)[0] for c in clients]
     for c, s in zip(clients, sessions, strict=True):  # each session's first click (conversion) out of the way
         c.infer("deepgrow", "deepgrow_3d", click_sets(truth, 1)[0], s)
-    barrier = threading.Barrier(len(clients))
     sets = [click_sets(truth, args.concurrent_clicks, seed=index + 1) for index in range(len(clients))]
 
-    def user(index: int) -> list[tuple]:
-        barrier.wait()
-        return [clients[index].infer("deepgrow", "deepgrow_3d", c, sessions[index]) for c in sets[index]]
+    def burst(think_s: float) -> dict:
+        barrier = threading.Barrier(len(clients))
+        pause = threading.Event()  # never set: waiting on it is the think time
 
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
-        runs = [run for user_runs in pool.map(user, range(len(clients))) for run in user_runs]
-    elapsed = time.perf_counter() - started
-    ok = [t for t, _, status in runs if status == 200]
-    return {
-        **summary(ok),
-        "errors": len(runs) - len(ok),
-        "statuses": sorted({status for _, _, status in runs}),
-        "throughput": len(ok) / elapsed,
-    }
+        def user(index: int) -> list[tuple]:
+            barrier.wait()
+            runs = []
+            for c in sets[index]:
+                runs.append(clients[index].infer("deepgrow", "deepgrow_3d", c, sessions[index]))
+                pause.wait(think_s)
+            return runs
+
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+            runs = [run for user_runs in pool.map(user, range(len(clients))) for run in user_runs]
+        elapsed = time.perf_counter() - started
+        ok = [t for t, _, status in runs if status == 200]
+        return {
+            **summary(ok),
+            "errors": len(runs) - len(ok),
+            "statuses": sorted({status for _, _, status in runs}),
+            "throughput": len(ok) / elapsed,
+        }
+
+    return {"stress": burst(0.0), "thinking": burst(args.think)}
 
 
 def measure_stock(studies: Path, truth: np.ndarray, args) -> dict:
@@ -243,9 +253,12 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
         ("RSS with the three models loaded (idle, after start)", r["rss_start"]["rss"], 1536, "MiB"),
         ("RSS after the single-user phase (two sessions of this CT cached)", r["rss_single"]["rss"], 1536, "MiB"),
     ]
-    conc = r["concurrent"]
+    conc, stress = r["concurrent"]["thinking"], r["concurrent"]["stress"]
     rows += [
-        (f"{args.clients} concurrent clickers p95 (limit: 4 × single p50)", conc["p95"], 4 * r["click"]["p50"], "s"),
+        (f"{args.clients} concurrent clickers, {args.think:g} s between clicks, p95 (limit: 4 × single p50)",
+         conc["p95"], 4 * r["click"]["p50"], "s"),
+        (f"{args.clients} concurrent clickers back to back (stress), p95 (limit: 4 × single p50)",
+         stress["p95"], 4 * r["click"]["p50"], "s"),
         ("Click p95 while segmentations run (limit: 2 × idle p95)", r["click_during_segmentation"]["p95"],
          2 * r["click"]["p95"], "s"),
     ]
@@ -270,9 +283,10 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
     ]
     for name, value, limit, unit in rows:
         lines.append(f"| {name} | {value:.3f} {unit} | ≤ {limit:.3g} {unit} | {verdict(value, limit)} |")
+    errors = conc["errors"] + stress["errors"]
+    statuses = sorted(set(conc["statuses"]) | set(stress["statuses"]))
     lines.append(
-        f"| {args.clients} concurrent clickers: errors | {conc['errors']} (statuses {conc['statuses']}) | 0 | "
-        f"{verdict(conc['errors'], 0)} |"
+        f"| {args.clients} concurrent clickers: errors | {errors} (statuses {statuses}) | 0 | {verdict(errors, 0)} |"
     )
     if stock:
         ratio = stock["click"]["p50"] / r["click"]["p50"]
@@ -293,12 +307,14 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
         ("Extreme points, round trip (s)", "extreme"),
         ("Extreme points, server-side (s)", "extreme_server"),
         ("Click while segmentations run, round trip (s)", "click_during_segmentation"),
-        (f"{args.clients} concurrent clickers, round trip (s)", "concurrent"),
         ("Session upload (s)", "upload"),
         ("GET /v1/models (s)", "overhead"),
     ]:
         s = r[key]
         lines.append(f"| {name} | {s['p50']:.3f} | {s['p95']:.3f} | {s['n']} |")
+    for name, s in ((f"{args.think:g} s between clicks", conc), ("back to back", stress)):
+        label = f"{args.clients} concurrent clickers, {name}, round trip (s)"
+        lines.append(f"| {label} | {s['p50']:.3f} | {s['p95']:.3f} | {s['n']} |")
     lines += [
         "",
         f"- first click on a fresh session (builds the cached MetaTensor): {r['first_click']:.3f} s",
@@ -306,7 +322,8 @@ def report(r: dict, stock: dict | None, engines: str, args, header: dict) -> str
         f"{r['segmentation_upload']:.3f} s",
         f"- segmentations completed while clicking: {r['segmentations_during']} "
         f"(errors: {r['segmentation_errors']})",
-        f"- {args.clients} concurrent clickers: {conc['throughput']:.1f} clicks/s in total",
+        f"- {args.clients} concurrent clickers: {conc['throughput']:.1f} clicks/s in total with "
+        f"{args.think:g} s between clicks, {stress['throughput']:.1f} clicks/s back to back",
         f"- memory (MiB): after start {r['rss_start']['rss']:.0f}; after the single-user phase "
         f"{r['rss_single']['rss']:.0f}; at the end {r['rss_end']['rss']:.0f} ({args.clients + 5} sessions); "
         f"peak {r['rss_end']['peak']:.0f}",
@@ -344,6 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trivial", type=int, default=50, help="GET /v1/models requests")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clicking users")
     parser.add_argument("--concurrent-clicks", type=int, default=8, help="clicks per concurrent user")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds a concurrent user looks before clicking")
     parser.add_argument("--stock-clicks", type=int, default=5, help="clicks on stock MONAI Label (after one warm-up)")
     parser.add_argument("--no-stock", action="store_true", help="skip stock MONAI Label")
     parser.add_argument(

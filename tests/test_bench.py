@@ -12,7 +12,7 @@ from conftest import REPO_ROOT
 def test_run_all_writes_every_figure(tmp_path):
     out = tmp_path / "speed.md"
     args = ["--size", "48", "40", "32", "--clicks", "2", "--extreme", "1", "--trivial", "2", "--clients", "2"]
-    args += ["--concurrent-clicks", "1", "--engine-repeats", "0", "--no-stock", "--out", str(out)]
+    args += ["--concurrent-clicks", "1", "--think", "0", "--engine-repeats", "0", "--no-stock", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "bench/run_all.py", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
     )
@@ -29,7 +29,8 @@ def test_run_all_writes_every_figure(tmp_path):
         "Extreme points round trip p50",
         "Full segmentation on a session",
         "RSS with the three models loaded",
-        "2 concurrent clickers p95",
+        "2 concurrent clickers, 0 s between clicks, p95",
+        "2 concurrent clickers back to back (stress), p95",
         "Click p95 while segmentations run",
     ):
         row = next(line for line in targets.splitlines() if line.startswith(f"| {name}"))
