@@ -128,7 +128,7 @@ def add_inference_arguments(p: argparse.ArgumentParser, defaults: Settings) -> N
         "--inference-threads",
         type=int,
         default=defaults.inference_threads,
-        help="threads per inference (0: half the cores)",
+        help="threads one inference may use (0: the cores present, shared out while several run)",
     )
     p.add_argument(
         "--interactive-workers",

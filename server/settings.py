@@ -31,7 +31,7 @@ class Settings:
     session_reap_interval_s: float = 10.0
     engine: str = "auto"  # auto, torch, torchscript or onnxruntime (server/engines.py)
     model_engines: dict[str, str] = field(default_factory=dict)  # per model name, overriding `engine`
-    inference_threads: int = 0  # threads one inference uses; 0: half the cores (server/engines.py)
+    inference_threads: int = 0  # threads one inference may use; 0: the cores (shared out, server/engines.py)
     interactive_workers: int = 2  # clicks/extreme points inferred at once (server/scheduler.py)
     interactive_queue: int = 16  # more may wait; beyond that 503 + Retry-After
     batch_workers: int = 1  # full-volume segmentations at once

@@ -154,3 +154,13 @@ def test_segmentation_resampled_around_the_object_equals_full_inversion(models, 
     outside = mask.copy()
     outside[tuple(slice(a, b) for a, b in box)] = 0
     assert not outside.any()  # the box the server describes the mask within holds all of it
+
+
+def test_concurrent_forwards_share_the_threads(engine_cache):
+    engines.configure(threads=4, cache_dir=engine_cache)
+    with engines.threads_for_this_forward() as alone:
+        with engines.threads_for_this_forward() as second:
+            with engines.threads_for_this_forward() as third:
+                assert (alone, second, third) == (4, 2, 1)
+    with engines.threads_for_this_forward() as again:
+        assert again == 4
