@@ -681,10 +681,13 @@ def _geometry(image: sitk.Image) -> tuple:
 def _nifti_header(geometry: tuple, pixel_id: int) -> bytes:
     """The header (up to the voxel data) ITK writes for a NIfTI image of this grid and pixel type.
 
-    It does not depend on the pixel values, so one write per grid (a session's image) serves every mask.
+    It depends on neither the pixel values nor, but for its `dim` field, the size: ITK writes a one-voxel
+    image of the same geometry and the size is put into `dim` (NIfTI-1 or NIfTI-2 layout), so a new grid
+    costs no full-size write.
     """
     size, spacing, origin, direction = geometry
-    image = sitk.Image([int(s) for s in size], pixel_id)
+    small = max(size) <= 32767  # else ITK writes NIfTI-2, which a one-voxel image would not be
+    image = sitk.Image([1] * len(size) if small else [int(n) for n in size], pixel_id)
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     image.SetDirection(direction)
@@ -692,8 +695,14 @@ def _nifti_header(geometry: tuple, pixel_id: int) -> bytes:
         path = Path(tmp) / "mask.nii"
         _write(image, path, compress=False)
         written = path.read_bytes()
-    voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
-    return written[: len(written) - voxel_bytes]
+    header = bytearray(written[: len(written) - image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()])
+    if not small:
+        return bytes(header)
+    order = "<" if int.from_bytes(header[:4], "little") in (348, 540) else ">"
+    nifti2 = struct.unpack(order + "i", header[:4])[0] == 540
+    offset, code = (16, "q") if nifti2 else (40, "h")
+    struct.pack_into(f"{order}{len(size)}{code}", header, offset + struct.calcsize(code), *(int(n) for n in size))
+    return bytes(header)
 
 
 _ZERO_BLOCK = 1 << 20  # zero runs are spliced in as cached deflated blocks of this many bytes
