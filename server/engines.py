@@ -4,11 +4,12 @@ Every engine is a `torch.nn.Module` taking and returning tensors, so MONAI's inf
 window) and MONAI Label's `BasicInferTask.run_inferer` call it like the eager network. Its `engine`
 attribute names what really runs it (the model object's `engine` key).
 
-`auto` picks the fastest measured here (bench/engines.py): ONNX Runtime on CPU (about 5× eager PyTorch
-for the app's UNets on 2 cores), eager PyTorch on CUDA. Exported files are cached in one folder
-(`AIAA_ENGINE_CACHE`, default `~/.cache/aiaa/engines`), named by a hash of the network's definition and
-weights: a new checkpoint re-exports by itself, and the same weights in another model folder (the
-repository's copy of an app model, a test's fresh repository) reuse the export.
+`auto` picks the fastest measured here (bench/engines.py): ONNX Runtime on CPU (for the app's UNets on
+2 cores about 2× eager PyTorch when the machine is quiet, 3–7× when it is busy), eager PyTorch on CUDA.
+Exported files are cached in one folder (`AIAA_ENGINE_CACHE`, default `~/.cache/aiaa/engines`), named
+by a hash of the network's definition and weights: a new checkpoint re-exports by itself, and the same
+weights in another model folder (the repository's copy of an app model, a test's fresh repository)
+reuse the export.
 
 Before each forward an engine calls the current thread's yield hook (`yield_hook`): the scheduler uses
 it to pause a full-volume segmentation between sliding-window patches while a click is being answered.
