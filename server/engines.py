@@ -220,6 +220,8 @@ class OnnxModule(Engine):
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
         first = self.session(threads or engine_threads())  # fails here, at load, on a bad file
+        if not threads:
+            self.session(max(1, engine_threads() // 2))  # two at once, the common share, ready too
         self.input = first.get_inputs()[0]
         self.input_dtype = _ORT_DTYPES.get(self.input.type, np.float32)
 
