@@ -185,7 +185,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 class LogitsToInputGridd(MapTransform):
-    """Segmentation logits on the working grid → the largest connected mask on the input's own grid.
+    """Segmentation logits on the working grid → the largest connected (binary) mask on the input's grid.
 
     Equivalent to inverting Spacingd/Orientationd on the logits, then argmax and keeping the largest
     component, but done only where the object is: the largest component is found on the coarse grid,
@@ -206,13 +206,12 @@ class LogitsToInputGridd(MapTransform):
         index_to_working = np.linalg.inv(working_affine) @ input_affine  # input [i, j, k] → working index
         for key in self.key_iterator(d):
             logits = bare(d[key]).float()
-            score = (logits[1] - logits[0]) if logits.shape[0] == 2 else logits.argmax(0).float() - 0.5
-            coarse = largest_component(score.numpy() > 0)
+            score = logits[1:].max(0).values - logits[0]  # > 0 where the argmax is not the background
+            coarse = np.argwhere(largest_component(score.numpy() > 0))
             mask = np.zeros(shape, dtype=np.uint8, order="F")
             box = [[0, 0]] * 3
-            if coarse.any():
-                low = np.argwhere(coarse).min(0) - self.margin
-                high = np.argwhere(coarse).max(0) + self.margin
+            if coarse.size:
+                low, high = coarse.min(0) - self.margin, coarse.max(0) + self.margin
                 start, end = input_box(index_to_working, low, high, shape)
                 if (end > start).all():
                     sampled = sample_on_grid(score, index_to_working, start, end)
