@@ -41,6 +41,8 @@ def pip_installs(commands: list[str]) -> list[list[str]]:
     found = []
     for command in commands:
         for part in command.split("&&"):
+            if not re.search(r"\bpip\b", part):  # other recipes (the chromium step) need not be shell-split
+                continue
             tokens = shlex.split(part)
             if "pip" in {Path(t).name for t in tokens} and "install" in tokens:
                 found.append(tokens)
