@@ -21,6 +21,7 @@ from monai.transforms import (
 
 from ..errors import BadRequest
 from .adapters import LoadServerImaged, Restored, app_transforms
+from .names import config_steps
 
 DEFAULT_ROI = [128, 128, 128]
 DEFAULT_PADDING_MM = 20.0
@@ -114,21 +115,14 @@ def build_pipeline(config: dict, inference: dict) -> tuple[list, list, str]:
 
 
 def _translate(steps, where: str, ctx: Context) -> list[Callable]:
-    if steps is None:
-        return []
-    if not isinstance(steps, list):
-        raise BadRequest(f'\'{where}\' must be a list of {{"name", "args"}} objects.')
     transforms = []
-    for i, step in enumerate(steps):
-        if not isinstance(step, dict) or "name" not in step:
-            raise BadRequest(f"{where}[{i}] must be an object with a 'name'.")
-        name, args = str(step["name"]), step.get("args") or {}
+    for location, name, args in config_steps(steps, where):
         if name not in STEPS:
             raise BadRequest(
-                f"{where}[{i}]: Clara v2/v3 transform '{name}' is not supported; mapped names: {', '.join(STEPS)}."
+                f"{location}: Clara v2/v3 transform '{name}' is not supported; mapped names: {', '.join(STEPS)}."
             )
         try:
             transforms.extend(STEPS[name](args, ctx))
         except (KeyError, TypeError, ValueError) as error:
-            raise BadRequest(f"{where}[{i}]: cannot map '{name}' with args {args}: {error}") from None
+            raise BadRequest(f"{location}: cannot map '{name}' with args {args}: {error}") from None
     return transforms

@@ -113,18 +113,12 @@ def model_info(config: dict, model_type: str, extra: dict) -> dict:
 
 
 def build_transforms(steps, where: str) -> list[Callable]:
-    """`[{"name": ..., "args": {...}}, ...]` → transform instances (dropped names leave no step)."""
-    if steps is None:
-        return []
-    if not isinstance(steps, list):
-        raise BadRequest(f'\'{where}\' must be a list of {{"name", "args"}} objects.')
+    """v4 steps → transform instances (dropped names leave no step)."""
     transforms = []
-    for i, step in enumerate(steps):
-        if not isinstance(step, dict) or "name" not in step:
-            raise BadRequest(f"{where}[{i}] must be an object with a 'name'.")
-        resolved = names.resolve_transform(step["name"])
+    for location, name, args in names.config_steps(steps, where):
+        resolved = names.resolve_transform(name)
         if resolved.cls is not None:
-            transforms.append(names.build(resolved, step.get("args") or {}, f"{where}[{i}]"))
+            transforms.append(names.build(resolved, args, location))
     return transforms
 
 

@@ -155,3 +155,17 @@ def build(resolved: Resolved, args: dict, where: str):
         return resolved.cls(**args)
     except Exception as error:  # noqa: BLE001 - any constructor failure is a bad config, not a server bug
         raise BadRequest(f"{where}: cannot build '{resolved.name}' with args {args}: {error}") from None
+
+
+def config_steps(steps, where: str) -> list[tuple[str, str, dict]]:
+    """A config's `[{"name": ..., "args": {...}}, ...]` checked: (location, name, args) for each step."""
+    if steps is None:
+        return []
+    if not isinstance(steps, list):
+        raise BadRequest(f'\'{where}\' must be a list of {{"name", "args"}} objects.')
+    checked = []
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict) or "name" not in step:
+            raise BadRequest(f"{where}[{i}] must be an object with a 'name'.")
+        checked.append((f"{where}[{i}]", str(step["name"]), step.get("args") or {}))
+    return checked
