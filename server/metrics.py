@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .registry import ModelRegistry
-from .sessions import Session, SessionStore
+from .sessions import SessionStore
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 RECENT_LATENCIES = 1000  # per endpoint: the window the dashboard's p50/p95/p99 are computed over
@@ -55,9 +55,6 @@ class RequestLabels:
         return int(self.status) >= 400
 
 
-def live_sessions(store: SessionStore) -> list[Session]:
-    """A snapshot of the store's sessions (expired ones included until the reaper removes them)."""
-    return list(store._sessions.values())  # SessionStore has no public listing yet
 
 
 class ServerStateCollector(Collector):
@@ -67,7 +64,7 @@ class ServerStateCollector(Collector):
         self.models, self.sessions = models, sessions
 
     def collect(self) -> Iterator[Metric]:
-        sessions = live_sessions(self.sessions)
+        sessions = self.sessions.snapshot()
         yield GaugeMetricFamily("aiaa_sessions", "Live sessions.", value=len(sessions))
         yield GaugeMetricFamily(
             "aiaa_session_bytes", "Decoded image bytes held by all sessions.", value=sum(s.nbytes for s in sessions)

@@ -168,6 +168,11 @@ class SessionStore:
             shutil.rmtree(session.folder, ignore_errors=True)
         return session is not None
 
+    def snapshot(self) -> list[Session]:
+        """The stored sessions (expired ones included until the reaper removes them), for the dashboard."""
+        with self._lock:
+            return list(self._sessions.values())
+
     def reap(self) -> list[str]:
         """Delete every expired session and its files; return their ids."""
         now = time.time()

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 from .. import __version__
 from ..auth import admin_required
 from ..errors import BadRequest
-from ..metrics import app_metrics, live_sessions
+from ..metrics import app_metrics
 from ..openapi import Param, document
 
 bp = Blueprint("dashboard", __name__)
@@ -88,7 +88,7 @@ def dashboard_data() -> dict:
 def session_stats(now: float) -> dict:
     """Live sessions without their file names (those can carry patient names)."""
     store = current_app.extensions["aiaa.sessions"]
-    sessions = sorted(live_sessions(store), key=lambda s: s.created)
+    sessions = sorted(store.snapshot(), key=lambda s: s.created)
     return {
         "count": len(sessions),
         "bytes": sum(s.nbytes for s in sessions),
