@@ -14,7 +14,7 @@ from . import engines
 from .auth import effective_credentials
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
-from .inference import return_large_buffers_to_the_os, warm_up
+from .inference import warm_up
 from .logs import loggable
 from .metrics import Metrics
 from .registry import ModelRegistry
@@ -33,7 +33,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
     engines.configure(settings.engine, settings.model_engines, settings.inference_threads)
-    return_large_buffers_to_the_os()
     if registry is None:
         registry = ModelRegistry.open(settings.model_repo, settings.app_dir, settings.app_models, settings.device)
     app.extensions["aiaa.registry"] = registry

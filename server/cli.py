@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,20 @@ from .archives import ArchiveLimits
 from .settings import Settings
 
 logger = logging.getLogger("aiaa")
+
+
+def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
+    """Serve buffers of `threshold` bytes or more from their own mappings (glibc's `M_MMAP_THRESHOLD`).
+
+    glibc otherwise raises the threshold as big buffers are freed, so the volumes, crops and masks of
+    past requests stay in the heap: with two 512×512×100 sessions the server held about 1.4 GB instead
+    of 1.0 GB. False where the C library is not glibc (nothing changed).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -53,6 +68,7 @@ def serve(args: argparse.Namespace) -> None:
         ),
     )
     log_file = configure_logging(settings.log_dir)
+    return_large_buffers_to_the_os()  # a process-wide C library setting: set once, where the process starts
     app = create_app(settings)
     logger.info(
         "AIAA server on http://%s:%d (model repo %s, log %s)",

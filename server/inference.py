@@ -11,7 +11,6 @@ point-independent pre-processing, handed back under `request[PREPARED]`.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 
@@ -65,20 +64,6 @@ def run_model(
     }
     yield_point()
     return mask, result
-
-
-def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
-    """Serve buffers of `threshold` bytes or more from their own mappings (glibc's `M_MMAP_THRESHOLD`).
-
-    glibc otherwise raises the threshold as big buffers are freed, so the volumes, crops and masks of
-    past requests stay in the heap: with two 512×512×100 sessions the server held about 1.4 GB instead
-    of 1.0 GB. False where the C library is not glibc (nothing changed).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def warm_up(models: list[ServedModel], device: str = "cpu") -> None:
