@@ -49,14 +49,19 @@ def real_items(shared_data: Path) -> list[dict]:
     """The real CTs with their TotalSegmentator masks resampled onto the CT grid (empty when absent)."""
     items = []
     for image_name, label_name in REAL_CASES:
-        image_path, label_path = shared_data / image_name, shared_data / label_name
-        if not image_path.exists() or not label_path.exists():
+        if not (shared_data / image_name).exists() or not (shared_data / label_name).exists():
             continue
-        paths = sorted(image_path.iterdir()) if image_path.is_dir() else [image_path]
-        image = read_image(paths)
-        label = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
+        image, label = read_case(shared_data, image_name, label_name)
         items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
     return items
+
+
+def read_case(shared_data: Path, image_name: str, label_name: str) -> tuple[sitk.Image, sitk.Image]:
+    """One real CT (a file or a DICOM folder, read as the server reads uploads) and its mask on the CT's grid."""
+    image_path = shared_data / image_name
+    image = read_image(sorted(image_path.iterdir()) if image_path.is_dir() else [image_path])
+    labels = sitk.ReadImage(str(shared_data / label_name))
+    return image, sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor)
 
 
 @dataclass(frozen=True)
