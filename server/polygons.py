@@ -1,10 +1,19 @@
 """Polygon editing geometry: mask ⇄ per-slice polygons, and dragging one vertex with its neighbours.
 
-A polygon is a float array of shape (n, 2) of `[i, j]` voxel indices (the file's index order, i fastest),
-closed implicitly: the last vertex connects back to the first, which is not repeated. Contours run along
-voxel edges (half-integer coordinates between a foreground and a background voxel centre), so filling
-them with the voxels whose centres are inside (`fill_polygon`) gives the mask back exactly when every
-vertex is kept. Only outer contours are returned: a hole is filled when rasterised.
+A polygon is a float array of shape (n, 2) of `[row, column]` vertices of an axial slice, which is
+`[j, i]` in ITK index terms: the original AIAA server's order, the one MITK's SmartPoly tool swaps back
+when it draws (`index[0] = pt[1]`). The 2D functions (`slice_polygons`, `fill_polygon`, `rasterise`) work
+on any `[row, column]` array; the 3D ones (`mask_to_polygons`, `polygons_to_mask`) take `[i, j, k]` masks
+and hand each slice over transposed, so the axis order is decided in exactly those two places.
+
+Polygons are closed implicitly: the last vertex connects back to the first, which is not repeated.
+Contours run along voxel edges (half-integer coordinates between a foreground and a background voxel
+centre), so filling them with the voxels whose centres are inside (`fill_polygon`) gives the mask back
+exactly when every vertex is kept. Only outer contours are returned: a hole is filled when rasterised.
+
+Work is bounded before anything is allocated: contour vertices by `max_vertices` (counted from the
+mask's boundary before tracing), filling by the rows the edges cross (`row_crossings`), and every
+temporary array by the polygon's bounding box within the grid.
 """
 
 from __future__ import annotations
@@ -14,44 +23,80 @@ from collections.abc import Sequence
 import numpy as np
 from skimage import measure
 
+from .errors import PayloadTooLarge
+
 Polygon = np.ndarray
-"""(n, 2) float `[i, j]` vertices."""
+"""(n, 2) float `[row, column]` vertices (`[j, i]` of an axial slice)."""
+
+MAX_VERTICES = 2_000_000
+"""Most polygon vertices one request may trace (mask2polygon) or send (fixpolygon): ~40 MB of JSON."""
+
+MAX_ROW_CROSSINGS = 20_000_000
+"""Most (edge, grid row) crossings one request may fill: the time bound of rasterising (~1 s per 10⁷)."""
+
+_CROSSINGS_PER_CHUNK = 1 << 20  # crossings handled at once: ~40 MB of temporaries whatever the polygon
 
 
-def slice_polygons(mask_ij: np.ndarray, more_points: int = 1) -> list[Polygon]:
-    """Outer contours of the blobs of one `[i, j]` slice (non-zero = foreground), one polygon per blob.
+def slice_polygons(mask_rc: np.ndarray, more_points: int = 1) -> list[Polygon]:
+    """Outer contours of the blobs of one `[row, column]` slice (non-zero = foreground), one per blob.
 
     `more_points` keeps every N-th contour vertex (about N voxels apart); a polygon keeps at least 3
     vertices so that a small blob is not reduced to a line that encloses nothing.
     """
-    foreground = np.asarray(mask_ij) != 0
-    if not foreground.any():
+    padded, offset = _padded_crop(np.asarray(mask_rc) != 0)
+    if padded is None:
         return []
-    rows = np.flatnonzero(foreground.any(axis=1))
-    cols = np.flatnonzero(foreground.any(axis=0))
-    i0, j0 = rows[0], cols[0]
-    crop = foreground[i0 : rows[-1] + 1, j0 : cols[-1] + 1]
-    # A background margin closes the contours of blobs that touch the image border.
-    padded = np.pad(crop, 1).astype(np.float32)
     polygons = []
-    for contour in measure.find_contours(padded, 0.5):
+    for contour in measure.find_contours(padded.astype(np.float32), 0.5):
         contour = contour[:-1]  # closed contours end on their first vertex; list it once
         if signed_area(contour) >= 0:  # marching squares orients holes opposite to outer contours
             continue
         step = max(1, min(more_points, len(contour) // 3))
-        polygons.append(contour[::step] + (i0 - 1, j0 - 1))
+        polygons.append(contour[::step] + offset)
     return polygons
 
 
-def mask_to_polygons(mask: np.ndarray, more_points: int = 1) -> list[list[Polygon]]:
-    """Polygons of every axial slice k of an `[i, j, k]` mask, in k order; an empty slice gives `[]`."""
-    return [slice_polygons(mask[:, :, k], more_points) for k in range(mask.shape[2])]
+def _padded_crop(foreground: np.ndarray) -> tuple[np.ndarray | None, tuple[int, int]]:
+    """The foreground's bounding box with a one-voxel background margin (which closes the contours of
+    blobs touching the border), and the offset from its coordinates to the slice's; None when empty."""
+    if not foreground.any():
+        return None, (0, 0)
+    rows = np.flatnonzero(foreground.any(axis=1))
+    cols = np.flatnonzero(foreground.any(axis=0))
+    crop = foreground[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return np.pad(crop, 1), (int(rows[0]) - 1, int(cols[0]) - 1)
+
+
+def boundary_vertices(mask_rc: np.ndarray) -> int:
+    """How many vertices `slice_polygons` traces on a slice, before thinning (holes included): one per
+    pair of 4-neighbours that differ, counted without tracing (a bool copy of the foreground's box)."""
+    padded, _ = _padded_crop(np.asarray(mask_rc) != 0)
+    if padded is None:
+        return 0
+    return int(np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
+
+
+def mask_to_polygons(
+    mask: np.ndarray, more_points: int = 1, max_vertices: int = MAX_VERTICES
+) -> list[list[Polygon]]:
+    """Polygons of every axial slice k of an `[i, j, k]` mask, in k order, as `[j, i]` vertices; an empty
+    slice gives `[]`. More than `max_vertices` contour vertices in all is a 413, found before tracing."""
+    slices = [mask[:, :, k].T for k in range(mask.shape[2])]  # [j, i]: rows are j
+    total = 0
+    for k, slice_rc in enumerate(slices):
+        total += boundary_vertices(slice_rc)
+        if total > max_vertices:
+            raise PayloadTooLarge(
+                f"The mask's contours have more than {max_vertices} vertices (over {total} by slice {k} of "
+                f"{len(slices)}), the limit per request; send a simpler mask or one part of it at a time."
+            )
+    return [slice_polygons(slice_rc, more_points) for slice_rc in slices]
 
 
 def signed_area(polygon: Polygon) -> float:
-    """Shoelace area in `[i, j]` axes: negative for the outer contours `find_contours` returns."""
-    i, j = polygon[:, 0], polygon[:, 1]
-    return 0.5 * float(np.dot(i, np.roll(j, -1)) - np.dot(np.roll(i, -1), j))
+    """Shoelace area in `[row, column]` axes: negative for the outer contours `find_contours` returns."""
+    r, c = polygon[:, 0], polygon[:, 1]
+    return 0.5 * float(np.dot(r, np.roll(c, -1)) - np.dot(np.roll(r, -1), c))
 
 
 def move_vertex(polygon: Polygon, vertex: int, offset: Sequence[float], neighbours: int) -> Polygon:
@@ -108,48 +153,95 @@ def fix_polygon_3d(
     return fixed
 
 
-def fill_polygon(polygon: Polygon, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean `[i, j]` slice of the voxels whose centres lie inside `polygon` (even-odd rule).
+def _edge_rows(polygon: Polygon, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per edge (vertex n → n+1), the first grid row it crosses and how many, within 0..rows-1.
 
-    The same voxels as `skimage.draw.polygon`, found by scanlines in time proportional to the boundary
-    rather than to bounding box × vertices (which takes 0.3 s for one organ contour on a 512² slice,
-    too slow to refill every slice of a 3D edit).
+    An edge crosses the rows r with min <= r < max: half-open, so a vertex on a row counts once (or
+    twice at a turning point, which keeps the parity right), and a horizontal edge crosses none."""
+    r0 = polygon[:, 0]
+    r1 = np.roll(r0, -1)
+    first = np.clip(np.ceil(np.minimum(r0, r1)), 0, rows).astype(np.int64)
+    stop = np.clip(np.ceil(np.maximum(r0, r1)), 0, rows).astype(np.int64)
+    return first, stop - first
+
+
+def row_crossings(slices: Sequence[Sequence[Polygon]], rows: int) -> int:
+    """How many (edge, grid row) crossings filling these polygons on a grid of `rows` rows costs: O(vertices)."""
+    return sum(int(_edge_rows(polygon, rows)[1].sum()) for polygons in slices for polygon in polygons)
+
+
+def check_fill_work(slices: Sequence[Sequence[Polygon]], rows: int, limit: int = MAX_ROW_CROSSINGS) -> None:
+    """413 before filling polygons whose edges cross more grid rows in all than `limit`."""
+    crossings = row_crossings(slices, rows)
+    if crossings > limit:
+        raise PayloadTooLarge(
+            f"The polygons' edges cross {crossings} grid rows in all (each edge counts the rows it spans "
+            f"within the image); the limit is {limit} per request. Send contours from /v1/mask2polygon."
+        )
+
+
+def fill_into(target: np.ndarray, polygon: Polygon) -> None:
+    """OR into the uint8 `[row, column]` array `target` the voxels whose centres lie inside `polygon`
+    (even-odd rule); parts outside the grid are clipped.
+
+    The same voxels as `skimage.draw.polygon`, found from the rows each edge crosses in time proportional
+    to the boundary (bounding box × vertices takes 0.3 s for one organ contour on a 512² slice). A voxel
+    centre is inside when an odd number of crossings lie left of it, so each crossing toggles a bit at the
+    first centre to its right and a running XOR along the row fills the runs: one byte per voxel of the
+    polygon's box, and edges handled a chunk at a time (toggles commute), whatever the polygon.
     """
-    rows, cols = shape
-    i0, j0 = polygon[:, 0], polygon[:, 1]
-    i1, j1 = np.roll(i0, -1), np.roll(j0, -1)
-    # An edge crosses the rows r with min <= r < max: half-open, so a vertex on a row counts once, and a
-    # horizontal edge crosses none. Rows outside the grid are dropped whole, which keeps the pairs intact.
-    first = np.clip(np.ceil(np.minimum(i0, i1)), 0, rows).astype(np.int64)
-    stop = np.clip(np.ceil(np.maximum(i0, i1)), 0, rows).astype(np.int64)
-    counts = np.maximum(stop - first, 0)
-    edge = np.repeat(np.arange(len(polygon)), counts)
-    row = first[edge] + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    col = j0[edge] + (row - i0[edge]) * (j1[edge] - j0[edge]) / (i1[edge] - i0[edge])
-    order = np.lexsort((col, row))
-    row, col = row[order], col[order]
-    # Each row's crossings pair up into inside runs: voxel centres c with start < c < end.
-    start = np.clip(np.floor(col[0::2]) + 1, 0, cols).astype(np.int64)
-    end = np.clip(np.ceil(col[1::2]), 0, cols).astype(np.int64)
-    runs = end > start
-    marks = np.zeros((rows, cols + 1), dtype=np.int32)
-    np.add.at(marks, (row[0::2][runs], start[runs]), 1)
-    np.add.at(marks, (row[0::2][runs], end[runs]), -1)
-    return np.cumsum(marks, axis=1)[:, :cols] > 0
+    rows, cols = target.shape
+    if len(polygon) < 3:  # fewer vertices enclose nothing
+        return
+    first, counts = _edge_rows(polygon, rows)
+    edges = np.flatnonzero(counts)
+    if len(edges) == 0:
+        return
+    c = polygon[:, 1]
+    col_low = int(np.clip(np.floor(c.min()) + 1, 0, cols))  # the centres any crossing can reach
+    col_stop = int(np.clip(np.ceil(c.max()), 0, cols))
+    if col_stop <= col_low:
+        return
+    row_low, row_stop = int(first[edges].min()), int((first + counts)[edges].max())
+    toggles = np.zeros((row_stop - row_low, col_stop - col_low + 1), dtype=np.uint8)
+    r0, r1, c0, c1 = polygon[:, 0], np.roll(polygon[:, 0], -1), c, np.roll(c, -1)
+    ends = np.cumsum(counts[edges])
+    splits = np.searchsorted(ends, np.arange(_CROSSINGS_PER_CHUNK, ends[-1], _CROSSINGS_PER_CHUNK), side="right")
+    for chunk in np.split(edges, splits):
+        if len(chunk) == 0:
+            continue
+        n = counts[chunk]
+        edge = np.repeat(chunk, n)
+        row = first[edge] + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        col = c0[edge] + (row - r0[edge]) * (c1[edge] - c0[edge]) / (r1[edge] - r0[edge])
+        right = np.clip(np.floor(col) + 1, col_low, col_stop).astype(np.int64) - col_low
+        np.bitwise_xor.at(toggles, (row - row_low, right), 1)
+    np.bitwise_xor.accumulate(toggles, axis=1, out=toggles)
+    box = target[row_low:row_stop, col_low:col_stop]
+    np.bitwise_or(box, toggles[:, :-1], out=box)
+
+
+def fill_polygon(polygon: Polygon, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean `[row, column]` slice of the voxels whose centres lie inside `polygon` (see `fill_into`)."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    fill_into(mask, np.asarray(polygon, dtype=float))
+    return mask.view(bool)
 
 
 def rasterise(polygons: list[Polygon], shape: tuple[int, int]) -> np.ndarray:
-    """Boolean `[i, j]` slice with every polygon filled (union); parts outside the grid are clipped."""
-    mask = np.zeros(shape, dtype=bool)
+    """Boolean `[row, column]` slice with every polygon filled (union); parts outside the grid are clipped."""
+    mask = np.zeros(shape, dtype=np.uint8)
     for polygon in polygons:
-        if len(polygon) >= 3:  # fewer vertices enclose nothing
-            mask |= fill_polygon(polygon, shape)
-    return mask
+        fill_into(mask, polygon)
+    return mask.view(bool)
 
 
 def polygons_to_mask(slices: list[list[Polygon]], size: tuple[int, int, int]) -> np.ndarray:
-    """Binary uint8 `[i, j, k]` mask of `size` with slice k filled from `slices[k]` (missing slices empty)."""
-    mask = np.zeros(size, dtype=np.uint8)
+    """Binary uint8 `[i, j, k]` mask of `size` with slice k filled from `slices[k]` (`[j, i]` vertices;
+    missing slices empty). Fortran-ordered, so each slice is filled in place and the writer needs no copy."""
+    mask = np.zeros(size, dtype=np.uint8, order="F")
     for k, polygons in enumerate(slices[: size[2]]):
-        mask[:, :, k] = rasterise(polygons, size[:2])
+        slice_ji = mask[:, :, k].T  # a C-contiguous [j, i] view
+        for polygon in polygons:
+            fill_into(slice_ji, polygon)
     return mask

@@ -116,12 +116,13 @@ def test_more_points_subsamples_the_contour():
     assert len(slice_polygons(tiny, 10)[0]) >= 3
 
 
-def test_vertices_are_i_j_not_row_col():
-    mask = np.zeros((20, 10), bool)
-    mask[2:14, 4:7] = True  # 12 voxels along i, 3 along j
-    (polygon,) = slice_polygons(mask)
-    assert polygon[:, 0].min() == 1.5 and polygon[:, 0].max() == 13.5
-    assert polygon[:, 1].min() == 3.5 and polygon[:, 1].max() == 6.5
+def test_vertices_are_j_i_as_the_original_server():
+    mask = np.zeros((20, 10, 2), np.uint8)  # [i, j, k]
+    mask[2:14, 4:7, 1] = 1  # 12 voxels along i (2..13), 3 along j (4..6)
+    (polygon,) = mask_to_polygons(mask)[1]
+    assert (polygon[:, 0].min(), polygon[:, 0].max()) == (3.5, 6.5)  # coordinate 0 spans the j range
+    assert (polygon[:, 1].min(), polygon[:, 1].max()) == (1.5, 13.5)  # coordinate 1 spans the i range
+    assert np.array_equal(polygons_to_mask(mask_to_polygons(mask), mask.shape), mask)
 
 
 def test_move_vertex_moves_exactly_the_vertex_and_decays_on_neighbours():
@@ -163,13 +164,14 @@ def test_3d_propagation_decays_over_slices_at_the_nearest_vertex():
     assert np.array_equal(fixed[6][0], slices[6][0])
 
 
-def test_polygons_to_mask_fills_each_slice():
-    square = np.array([[1.5, 1.5], [1.5, 4.5], [4.5, 4.5], [4.5, 1.5]])
-    mask = polygons_to_mask([[], [square], [square + 2, np.array([[0.0, 0.0]])]], (8, 7, 4))
+def test_polygons_to_mask_fills_each_slice_with_j_i_vertices():
+    box = np.array([[1.5, 1.5], [1.5, 5.5], [3.5, 5.5], [3.5, 1.5]])  # rows (j) 2..3, columns (i) 2..5
+    mask = polygons_to_mask([[], [box], [box + [2, 3], np.array([[0.0, 0.0]])]], (8, 7, 4))
     assert mask.dtype == np.uint8 and mask.shape == (8, 7, 4)
     assert mask[:, :, 0].sum() == 0 and mask[:, :, 3].sum() == 0
-    assert np.array_equal(np.argwhere(mask[:, :, 1]).min(0), [2, 2]) and mask[:, :, 1].sum() == 9
-    assert np.array_equal(np.argwhere(mask[:, :, 2]).min(0), [4, 4]) and mask[:, :, 2].sum() == 9
+    assert np.array_equal(np.argwhere(mask[:, :, 1]).min(0), [2, 2]) and mask[:, :, 1].sum() == 8
+    assert np.array_equal(np.argwhere(mask[:, :, 1]).max(0), [5, 3])  # i up to 5, j up to 3
+    assert np.array_equal(np.argwhere(mask[:, :, 2]).min(0), [5, 4]) and mask[:, :, 2].sum() == 6  # i 8 clipped
 
 
 # ----------------------------------------------------------------------------------------- endpoints
@@ -205,7 +207,7 @@ def post(client, op: str, params, data: bytes | None, name: str = "volume.nii.gz
 
 def test_mask2polygon_replies_plain_json_per_slice(client, tmp_path):
     mask = np.zeros(SIZE, np.uint8)
-    mask[4:16, 5:8, 1] = 1  # longer along i
+    mask[4:16, 5:8, 1] = 1  # longer along i (4..15) than along j (5..7)
     mask[:, :, 3] = disc(SIZE[:2], (8, 6), 3) | disc(SIZE[:2], (18, 11), 2)
     reply = post(client, "mask2polygon", {"more_points": 1}, volume_bytes(mask, tmp_path))
     assert reply.status_code == 200, reply.get_data(as_text=True)
@@ -213,8 +215,8 @@ def test_mask2polygon_replies_plain_json_per_slice(client, tmp_path):
     slices = reply.get_json()
     assert len(slices) == SIZE[2] and slices[0] == slices[2] == slices[4] == []
     (rectangle,) = np.asarray(slices[1], dtype=float)
-    assert (rectangle[:, 0].min(), rectangle[:, 0].max()) == (3.5, 15.5)
-    assert (rectangle[:, 1].min(), rectangle[:, 1].max()) == (4.5, 7.5)
+    assert (rectangle[:, 0].min(), rectangle[:, 0].max()) == (4.5, 7.5)  # [j, i]: coordinate 0 is j
+    assert (rectangle[:, 1].min(), rectangle[:, 1].max()) == (3.5, 15.5)
     assert len(slices[3]) == 2
     back = polygons_to_mask([[np.asarray(p, float) for p in s] for s in slices], SIZE)
     assert np.array_equal(back, mask)
@@ -244,25 +246,26 @@ def assert_input_grid(mask: sitk.Image) -> None:
 
 
 def test_fixpolygon_2d_replies_multipart_with_the_mask_on_the_input_grid(client, tmp_path):
-    rectangle = np.zeros(SIZE[:2], bool)
+    rectangle = np.zeros(SIZE[:2], bool)  # [i, j]
     rectangle[4:16, 5:8] = True
-    poly = [p.tolist() for p in slice_polygons(rectangle)]
-    vertex = int(np.argmax(np.asarray(poly[0])[:, 0]))  # a vertex on the far i edge
-    params = {"poly": poly, "vertex_offset": [4, 0], "dimension": 2, "polygon_index": 0, "vertex_index": vertex,
+    poly = [p.tolist() for p in slice_polygons(rectangle.T)]  # [j, i] vertices
+    vertex = int(np.argmax(np.asarray(poly[0])[:, 1]))  # a vertex on the far i edge
+    params = {"poly": poly, "vertex_offset": [0, 4], "dimension": 2, "polygon_index": 0, "vertex_index": vertex,
               "propagate_neighbor": 2, "slice_index": 3}
     image = np.random.default_rng(0).normal(size=SIZE).astype(np.float32)
     result, filename, mask = read_multipart(post(client, "fixpolygon", params, volume_bytes(image, tmp_path)), tmp_path)
     assert filename == "result.nii.gz"
     assert_input_grid(mask)
-    expected = fix_polygon([np.asarray(p, float) for p in poly], 0, vertex, (4, 0), 2)
+    expected = fix_polygon([np.asarray(p, float) for p in poly], 0, vertex, (0, 4), 2)
     assert len(result["poly"]) == 1
     np.testing.assert_allclose(result["poly"][0], expected[0])
-    np.testing.assert_allclose(np.asarray(result["poly"][0])[vertex], np.asarray(poly[0])[vertex] + [4, 0])
+    np.testing.assert_allclose(np.asarray(result["poly"][0])[vertex], np.asarray(poly[0])[vertex] + [0, 4])
     mask_ijk = to_array(mask)
     assert set(np.unique(mask_ijk)) == {0, 1}
     assert np.array_equal(np.flatnonzero(mask_ijk.any(axis=(0, 1))), [3])
-    assert np.array_equal(mask_ijk[:, :, 3].astype(bool), rasterise(expected, SIZE[:2]))
+    assert np.array_equal(mask_ijk[:, :, 3].T.astype(bool), rasterise(expected, SIZE[1::-1]))
     assert mask_ijk[:, :, 3].sum() > rectangle.sum()  # dragged outwards
+    assert mask_ijk[16:20, 5:8, 3].any() and not mask_ijk[:4, :, 3].any()  # along +i, the far i edge
 
 
 def test_fixpolygon_3d_spreads_to_neighbouring_slices(client, tmp_path):
@@ -295,8 +298,8 @@ BAD_REQUESTS = {
     "params not JSON": ("fixpolygon", "{poly", "3d", ["params", "JSON"]),
     "poly missing": ("fixpolygon", {**GOOD_2D, "poly": None}, "3d", ["'poly' is missing", "mask2polygon"]),
     "poly not a list": ("fixpolygon", {**GOOD_2D, "poly": 7}, "3d", ["'poly'", "list of polygons"]),
-    "poly bad vertex": ("fixpolygon", {**GOOD_2D, "poly": [[[1, "x"], [2, 3]]]}, "3d", ["Polygon 0", "[x, y]"]),
-    "poly 3D for 2D": ("fixpolygon", {**GOOD_2D, "poly": [SQUARE, SQUARE]}, "3d", ["Polygon 0", "[x, y]"]),
+    "poly bad vertex": ("fixpolygon", {**GOOD_2D, "poly": [[[1, "x"], [2, 3]]]}, "3d", ["Polygon 0", "[row, column]"]),
+    "poly 3D for 2D": ("fixpolygon", {**GOOD_2D, "poly": [SQUARE, SQUARE]}, "3d", ["Polygon 0", "[row, column]"]),
     "polygon_index": ("fixpolygon", {**GOOD_2D, "polygon_index": 1}, "3d", ["'polygon_index' 1", "out of range"]),
     "vertex_index": ("fixpolygon", {**GOOD_2D, "vertex_index": 4}, "3d", ["'vertex_index' 4", "0..3"]),
     "negative index": ("fixpolygon", {**GOOD_2D, "vertex_index": -1}, "3d", ["vertex_index", "≥ 0"]),
