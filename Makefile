@@ -10,7 +10,7 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MODEL_REPO ?= model_repo
 
-.PHONY: venv serve test lint browser clean
+.PHONY: venv serve test lint audit browser clean
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ serve: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/bandit -q -c pyproject.toml -r server apps bench slicer_plugin
+
+# Known vulnerabilities of the pinned set (constraints.txt), looked up in PyPI's advisory data. Not part
+# of `make test` or CI: it needs the vulnerability service, which may be unreachable.
+audit: venv
+	$(PIP) -e '.[audit]'
+	$(BIN)/pip-audit --requirement constraints.txt --no-deps --disable-pip --progress-spinner off $(AUDIT_ARGS)
 
 # The dashboard's browser test drives Debian's chromium through Playwright (never a browser download).
 # Installed here when missing, as root with apt-get; elsewhere that test skips and says why.

@@ -27,7 +27,7 @@ def measure_engines(repeats: int = 5) -> list[dict]:
     for model in load_app_models(REPO / "apps" / "spleen"):
         task = model.task
         network = copy.deepcopy(task.network)
-        network.load_state_dict(torch.load(task.get_path(), map_location="cpu"))
+        network.load_state_dict(torch.load(task.get_path(), map_location="cpu", weights_only=True))
         example = torch.rand(1, *task.example_shape)
         row = {"model": model.name, "input": "×".join(str(s) for s in task.example_shape), "auto": task.engine}
         for name in ENGINES:

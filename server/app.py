@@ -15,8 +15,9 @@ from .auth import effective_credentials
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
 from .inference import warm_up
-from .logs import loggable
+from .logs import loggable, session_tag
 from .metrics import Metrics
+from .origins import register_origin_policy
 from .registry import ModelRegistry
 from .scheduler import Scheduler
 from .sessions import SessionStore
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     if settings.warm_up:
         warm_up(registry.list(), settings.device)
+    register_origin_policy(app, settings)  # first: an unlisted Host or origin gets nothing else
     for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp, admin.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
@@ -68,11 +70,16 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
 
 def too_large_message(limit: int) -> str:
-    return f"The upload is too large; this server accepts at most {limit / 1024**2:.0f} MB."
+    """The limit as applied (`aiaa serve` gives waitress the same one), in MB as configured and in bytes."""
+    return f"The upload is too large; this server accepts at most {limit / 1024**2:g} MB ({limit} bytes)."
 
 
 def register_request_log(app: Flask) -> None:
-    """One structured line per request (never bodies, file names or other patient data), and its metrics."""
+    """One structured line per request, and its metrics.
+
+    Never bodies or file names; the route, not the path (`/session/<session_id>`), and the session as
+    its tag (`server.logs.session_tag`): whoever reads the log cannot use another clinician's session.
+    """
     request_log = logging.getLogger("aiaa.requests")
 
     @app.before_request
@@ -84,12 +91,13 @@ def register_request_log(app: Flask) -> None:
         latency_s = time.perf_counter() - g.get("started", time.perf_counter())
         app.extensions["aiaa.metrics"].observe_request(request, response, latency_s)
         latency_ms = latency_s * 1000
+        session_id = (request.view_args or {}).get("session_id") or request.args.get("session_id")
         request_log.info(
             "method=%s path=%s model=%s session=%s status=%d bytes=%s latency_ms=%.1f",
             request.method,
-            loggable(request.path),
+            request.url_rule.rule if request.url_rule else loggable(request.path),
             loggable(request.args.get("model", "-")),
-            loggable(request.args.get("session_id", "-")),
+            session_tag(session_id) if session_id else "-",
             response.status_code,
             response.content_length if response.content_length is not None else "-",
             latency_ms,

@@ -2,8 +2,10 @@
 
 Credentials come from the environment (`AIAA_ADMIN_USER`, `AIAA_ADMIN_PASSWORD`, `AIAA_ADMIN_TOKEN`) or a
 JSON config file (`{"user": ..., "password": ..., "token": ...}`), gathered into `Settings` by the CLI.
-With none configured, a loopback-only server makes up a one-time password and logs it (like Jupyter's
-token), and a server on any other address keeps its admin API disabled: it is never open.
+With none configured, a loopback-only server makes up a one-time password and prints it on the console
+(like Jupyter's token; never in the log file or `/logs`, which would make anyone who reads them admin),
+and a server on any other address keeps its admin API disabled: it is never open. Every password and
+token is registered with `server.logs` so that no log line can carry it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from pathlib import Path
 from flask import current_app, request
 
 from .errors import ApiError, Unauthorized
+from .logs import register_secret
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +73,8 @@ def effective_credentials(credentials: AdminCredentials, host: str) -> AdminCred
     """What the server will accept: the configured credentials, a generated password on loopback, or None
     (admin API disabled) on a public bind without credentials."""
     if credentials.configured:
+        register_secret(credentials.password)
+        register_secret(credentials.token)
         return credentials
     if not is_loopback(host):
         logger.warning(
@@ -78,13 +84,18 @@ def effective_credentials(credentials: AdminCredentials, host: str) -> AdminCred
         )
         return None
     generated = AdminCredentials(user=GENERATED_USER, password=secrets.token_urlsafe(12))
-    logger.warning(
-        "no admin credentials configured: for this run use user '%s' password '%s' "
-        "(set AIAA_ADMIN_USER and AIAA_ADMIN_PASSWORD to choose your own)",
-        generated.user,
-        generated.password,
+    register_secret(generated.password)
+    logger.warning("no admin credentials configured: a one-time admin password for this run is on the console")
+    print_to_console(
+        f"no admin credentials configured: for this run use user '{generated.user}' password "
+        f"'{generated.password}' (set AIAA_ADMIN_USER and AIAA_ADMIN_PASSWORD to choose your own)"
     )
     return generated
+
+
+def print_to_console(message: str) -> None:
+    """Straight to the process's stderr (the terminal, `docker logs`), past the logging handlers."""
+    print(f"AIAA: {message}", file=sys.stderr, flush=True)
 
 
 def _same(given: str | None, expected: str | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -29,6 +30,48 @@ def return_large_buffers_to_the_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
+UPLOAD_HEADROOM_BYTES = 1 << 20  # waitress buffers this much past the limit, so the app's JSON 413 answers
+HEADER_LIMIT_BYTES = 64 * 1024  # request line and headers; the AIAA clients send a few hundred bytes
+LISTEN_BACKLOG = 1024
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one, so the connection limit is reachable; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def waitress_options(settings: Settings) -> dict:
+    """How waitress holds connections, so that slow or idle clients cannot starve the others.
+
+    Waitress reads a whole request before a worker thread sees it and buffers replies, so a slow client
+    holds a socket, never a thread. Idle sockets are closed after `channel_timeout_s` (checked every
+    few seconds); up to `connection_limit` are served at once (waitress' default of 100 let 110 idle
+    connections time out /health), within the open-file limit; `poll()` rather than `select()`, which
+    fails past 1024 descriptors. The body limit is the app's (plus headroom, so the app answers a
+    slightly larger upload with its JSON 413): waitress' own default (1 GB) silently undercut it.
+    """
+    files = raise_open_file_limit()
+    return {
+        "threads": settings.threads,
+        "connection_limit": max(1, min(settings.connection_limit, files - 64)),
+        "channel_timeout": settings.channel_timeout_s,
+        "cleanup_interval": max(1, min(10, round(settings.channel_timeout_s / 2))),
+        "backlog": LISTEN_BACKLOG,
+        "asyncore_use_poll": True,
+        "max_request_header_size": HEADER_LIMIT_BYTES,
+        "max_request_body_size": settings.max_upload_bytes + UPLOAD_HEADROOM_BYTES,
+        "expose_tracebacks": False,
+        "ident": "aiaa",
+    }
+
+
 def serve(args: argparse.Namespace) -> None:
     """Start the production WSGI server (waitress) with the app's default models."""
     import waitress
@@ -45,6 +88,10 @@ def serve(args: argparse.Namespace) -> None:
         app_models=args.models,
         log_dir=args.log_dir,
         threads=args.threads,
+        connection_limit=args.connection_limit,
+        channel_timeout_s=args.channel_timeout,
+        allowed_hosts=split_list(args.allowed_hosts),
+        cors_origins=split_list(args.cors_origins),
         session_dir=args.session_dir,
         session_expiry_s=args.session_expiry,
         session_max_expiry_s=args.session_max_expiry,
@@ -77,7 +124,12 @@ def serve(args: argparse.Namespace) -> None:
         settings.model_repo.resolve(),
         log_file.resolve(),
     )
-    waitress.serve(app, host=settings.host, port=settings.port, threads=settings.threads, ident="aiaa")
+    waitress.serve(app, host=settings.host, port=settings.port, **waitress_options(settings))
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """`a, b,c` → ("a", "b", "c")."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def train(args: argparse.Namespace) -> None:
@@ -127,6 +179,34 @@ def model_engine(value: str) -> tuple[str, str]:
 
 
 ENGINE_CHOICES = ("auto", "torch", "torchscript", "onnxruntime")
+
+
+def add_connection_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:
+    """Connections and browsers (server/cli.py waitress_options, server/origins.py)."""
+    p.add_argument(
+        "--connection-limit",
+        type=int,
+        default=defaults.connection_limit,
+        help="connections served at once (more wait in the listen backlog)",
+    )
+    p.add_argument(
+        "--channel-timeout",
+        type=float,
+        default=defaults.channel_timeout_s,
+        help="seconds a connection may stay silent before it is closed",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default=",".join(defaults.allowed_hosts),
+        help="Host header names served, comma separated ('.example.org' adds subdomains, '*' any); "
+        "default: the loopback names on a loopback bind, any elsewhere (DNS rebinding)",
+    )
+    p.add_argument(
+        "--cors-origins",
+        default=",".join(defaults.cors_origins),
+        help="browser origins allowed to call the API (CORS), comma separated, e.g. https://viewer.example.org; "
+        "default none",
+    )
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:
@@ -185,6 +265,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--url-prefix", default=defaults.url_prefix, help="also serve every route under this path")
     p.add_argument("--threads", type=int, default=defaults.threads, help="request worker threads")
+    add_connection_arguments(p, defaults)
     p.add_argument(
         "--admin-config",
         type=Path,

@@ -20,6 +20,10 @@ class Settings:
     app_models: str = "all"  # which of the app's models to serve (comma separated names)
     log_dir: Path = field(default_factory=lambda: Path("logs"))
     threads: int = 8  # waitress worker threads
+    connection_limit: int = 500  # open connections served at once; more wait in the listen backlog
+    channel_timeout_s: float = 60.0  # a connection that sends or receives nothing this long is closed
+    allowed_hosts: tuple[str, ...] = ()  # Host header names served; () = loopback names on a loopback bind, else any
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to read replies (CORS); () = none
     max_upload_bytes: int = 2 * 1024**3
     max_image_voxels: int = 1024**3 // 2
     device: str = "cpu"
@@ -45,3 +49,5 @@ class Settings:
         self.app_dir = Path(self.app_dir)
         self.log_dir = Path(self.log_dir)
         self.session_dir = Path(self.session_dir)
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        self.cors_origins = tuple(self.cors_origins)

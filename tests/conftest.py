@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ class LiveServer:
     log_dir: Path
     model_repo: Path
     session_dir: Path
+    console: list[str] = field(default_factory=list)  # the process's stderr lines, as they come
 
 
 def free_port() -> int:
@@ -66,7 +68,7 @@ def start_server(tmp: Path, *extra: str, env: dict[str, str | None] | None = Non
         env=environ,
     )
     ended, serving = threading.Event(), threading.Event()
-    lines: list[str] = []
+    lines: list[str] = []  # the LiveServer's `console`
 
     def watch() -> None:  # the server's stderr: readiness, and kept for failure reports
         for line in process.stderr:
@@ -81,7 +83,15 @@ def start_server(tmp: Path, *extra: str, env: dict[str, str | None] | None = Non
         if ended.is_set() or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError("server did not start:\n" + "".join(lines[-40:]))
-    return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo, session_dir)
+    return LiveServer(f"http://127.0.0.1:{port}", process, log_dir, model_repo, session_dir, lines)
+
+
+def generated_admin(server: LiveServer) -> tuple[str, str]:
+    """The one-time admin user and password a server without credentials printed on its console."""
+    for line in server.console:
+        if match := re.search(r"use user '([^']+)' password '([^']+)'", line):
+            return match[1], match[2]
+    raise AssertionError("the server printed no one-time admin password:\n" + "".join(server.console[-20:]))
 
 
 def stop_server(server: LiveServer) -> None:

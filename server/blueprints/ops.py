@@ -1,4 +1,5 @@
-"""Operations: liveness and readiness, Prometheus metrics, the server log, and the API's own description."""
+"""Operations: liveness and readiness, Prometheus metrics, the server log (admin only), and the API's own
+description."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..auth import admin_required
 from ..errors import BadRequest, NotFound, ServiceUnavailable
 from ..logs import LOG_FILE
 from ..metrics import app_metrics
@@ -16,6 +18,9 @@ from ..openapi import Param, build_spec, document, json_reply, text_reply
 
 bp = Blueprint("ops", __name__)
 DEFAULT_LOG_LINES = 100
+MAX_LOG_LINES = 10_000
+TRUE_WORDS = ("1", "true", "yes")
+FALSE_WORDS = ("", "0", "false", "no")
 
 
 @bp.get("/health")
@@ -51,9 +56,14 @@ def metrics():
 
 @bp.get("/logs")
 @bp.get("/logs/")
+@admin_required
 @document(
     query=[
-        Param("lines", "How many of the last lines to return (default 100).", {"type": "integer", "minimum": 1}),
+        Param(
+            "lines",
+            f"How many of the last lines to return (default {DEFAULT_LOG_LINES}, at most {MAX_LOG_LINES}).",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LOG_LINES},
+        ),
         Param("html", "'true' for a page that refreshes itself every 5 s.", {"type": "boolean"}),
     ],
     reply={
@@ -63,26 +73,38 @@ def metrics():
     errors=(400, 404),
 )
 def logs():
-    """The last `lines` lines of the server log as text; `html=true` gives a page that refreshes itself."""
-    try:
-        count = int(request.args.get("lines", DEFAULT_LOG_LINES))
-    except ValueError:
-        raise BadRequest("'lines' must be a whole number.") from None
-    if count < 1:
-        raise BadRequest("'lines' must be at least 1.")
+    """The last `lines` lines of the server log as text; `html=true` gives a page that refreshes itself.
+
+    Admin credentials are required, as for the dashboard: the AIAA clients never call it.
+    """
+    count = log_lines(request.args.get("lines"))
+    as_html = request.args.get("html", "").strip().lower()
+    if as_html not in TRUE_WORDS + FALSE_WORDS:
+        raise BadRequest("'html' must be true or false.")
     path = current_app.config["SETTINGS"].log_dir / LOG_FILE
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = "".join(deque(f, maxlen=count))
     except FileNotFoundError:
         raise NotFound("This server writes no log file (it was not started with `aiaa serve`).") from None
-    if request.args.get("html", "").lower() in ("1", "true", "yes"):
+    if as_html in TRUE_WORDS:
         page = (
             '<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">'
             f"<title>AIAA server log</title></head><body><pre>{html.escape(text)}</pre></body></html>"
         )
         return Response(page, mimetype="text/html")
     return Response(text, mimetype="text/plain")
+
+
+def log_lines(value: str | None) -> int:
+    """`lines` as a whole number from 1 to MAX_LOG_LINES (400 otherwise: `1e20`, `many`, `-1`)."""
+    if value is None:
+        return DEFAULT_LOG_LINES
+    text = value.strip()
+    count = int(text) if text.isascii() and text.isdigit() and len(text) <= len(str(MAX_LOG_LINES)) else 0
+    if not 1 <= count <= MAX_LOG_LINES:
+        raise BadRequest(f"'lines' must be a whole number from 1 to {MAX_LOG_LINES}.")
+    return count
 
 
 @bp.get("/openapi.json")
