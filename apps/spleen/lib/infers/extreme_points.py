@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from server.phantoms import LABELS
+
 from .interactive import InteractiveTask
 
 
@@ -17,6 +19,12 @@ class ExtremePoints(InteractiveTask):
     crop_size = (80, 80, 80)
     padding_mm = 20.0
     sigma = 3.0
+
+    def __init__(self, path, network, **kwargs):
+        super().__init__(path, network, **kwargs)
+        # Class-agnostic, so listed under the structures it was trained on: AIAA clients that filter models
+        # by label (MITK) then find it for each of them. Its mask stays binary: 1 = the object pointed at.
+        self.labels = list(LABELS)
 
     @property
     def model_info(self) -> dict:
