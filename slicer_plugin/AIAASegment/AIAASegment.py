@@ -12,7 +12,7 @@ import slicer
 from AIAASegmentLib import MIN_EXTREME_POINTS, AIAAError, Preferences, normalise_url, remember_url
 from AIAASegmentLib.preferences import DEFAULT_URL
 from AIAASegmentSlicer import mrml_bridge
-from AIAASegmentSlicer.logic import shared_logic
+from AIAASegmentSlicer.logic import Target, shared_logic
 from AIAASegmentSlicer.runner import RequestRunner
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 
@@ -156,30 +156,27 @@ class AIAASegmentWidget(ScriptedLoadableModuleWidget):
             reason.text = self.logic.empty_reason(model_type)
             reason.visible = bool(reason.text)
 
-    def _targets(self):
+    def _target(self) -> Target:
         node = self.editor.mrmlSegmentEditorNode()
         source = node.GetSourceVolumeNode() if hasattr(node, "GetSourceVolumeNode") else node.GetMasterVolumeNode()
-        return source, node.GetSegmentationNode(), node.GetSelectedSegmentID()
+        return Target(source, node.GetSegmentationNode(), node.GetSelectedSegmentID() or "")
 
     def on_auto_segment(self):
-        volume_node, segmentation_node, _ = self._targets()
+        target = self._target()
         self.runner.start(
-            lambda: self.logic.prepare_auto_segmentation(volume_node, self.ui.segmentationModelComboBox.currentText),
-            lambda result, request: self.logic.apply_auto_segmentation(
-                result, request, segmentation_node, self.editor.saveStateForUndo
-            ),
+            lambda: self.logic.prepare_auto_segmentation(target, self.ui.segmentationModelComboBox.currentText),
+            lambda result, request: self.logic.apply_auto_segmentation(result, request, self.editor.saveStateForUndo),
             "Auto-segmentation",
-            volume_node.GetName() if volume_node else "",
+            target.volume_node.GetName() if target.volume_node else "",
         )
 
     def on_point_placed(self, node):
-        volume_node, segmentation_node, segment_id = self._targets()
+        target = self._target()
 
         def apply(result, request):
-            return self.logic.apply_to_segment(result, request, segmentation_node, segment_id,
-                                               self.editor.saveStateForUndo)
+            return self.logic.apply_to_segment(result, request, self.editor.saveStateForUndo)
 
-        name = volume_node.GetName() if volume_node else ""
+        name = target.volume_node.GetName() if target.volume_node else ""
         if node is self.extreme_node:
             count = mrml_bridge.control_points_world(node).shape[0]
             self.ui.extremeCountLabel.text = f"{count} / {MIN_EXTREME_POINTS}"
@@ -188,14 +185,14 @@ class AIAASegmentWidget(ScriptedLoadableModuleWidget):
             self.ui.extremePointsButton.checked = False
             model = self.ui.annotationModelComboBox.currentText
             self.runner.start(
-                lambda: self.logic.prepare_extreme_points(volume_node, mrml_bridge.control_points_world(node), model),
+                lambda: self.logic.prepare_extreme_points(target, mrml_bridge.control_points_world(node), model),
                 apply, "Extreme points", name,
             )
         else:  # each foreground or background click runs deepgrow with all clicks so far
             model = self.ui.deepgrowModelComboBox.currentText
             self.runner.start(
                 lambda: self.logic.prepare_deepgrow(
-                    volume_node, mrml_bridge.control_points_world(self.foreground_node),
+                    target, mrml_bridge.control_points_world(self.foreground_node),
                     mrml_bridge.control_points_world(self.background_node), model,
                 ),
                 apply, "Deepgrow", name,

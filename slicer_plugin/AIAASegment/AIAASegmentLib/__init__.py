@@ -13,19 +13,19 @@ from .errors import (
     ServerUnreachable,
     SessionExpired,
 )
-from .geometry import ijk_to_world, matrix_in_frame, nearest_voxel, world_matrix, world_to_ijk
+from .geometry import ijk_to_world, is_sheared, matrix_in_frame, nearest_voxel, world_matrix, world_to_ijk
 from .labels import compact_labels, label_names, segments_in_mask
 from .nifti import read_nifti, write_nifti
 from .points import MIN_EXTREME_POINTS, validate_clicks, validate_extreme_points
 from .preferences import Preferences, normalise_url, remember_url
 from .sessions import SessionCache
 from .tasks import BackgroundTask, Cancelled
-from .volume import Volume, check_mask_geometry
+from .volume import Volume, check_mask_geometry, refuse_sheared
 
 __all__ = [
     "AIAAError", "BackgroundTask", "BadInput", "Cancelled", "Client", "GeometryMismatch", "MIN_EXTREME_POINTS",
     "ModelInfo", "ModelNotFound", "Preferences", "Result", "ServerBusy", "ServerUnreachable", "SessionCache",
-    "SessionExpired", "Volume", "check_mask_geometry", "compact_labels", "ijk_to_world", "label_names",
-    "matrix_in_frame", "nearest_voxel", "normalise_url", "read_nifti", "remember_url", "segments_in_mask",
-    "validate_clicks", "validate_extreme_points", "world_matrix", "world_to_ijk", "write_nifti",
+    "SessionExpired", "Volume", "check_mask_geometry", "compact_labels", "ijk_to_world", "is_sheared", "label_names",
+    "matrix_in_frame", "nearest_voxel", "normalise_url", "read_nifti", "refuse_sheared", "remember_url",
+    "segments_in_mask", "validate_clicks", "validate_extreme_points", "world_matrix", "world_to_ijk", "write_nifti",
 ]

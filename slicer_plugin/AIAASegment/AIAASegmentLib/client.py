@@ -7,6 +7,7 @@ checked against the sent grid before the caller sees them.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default
@@ -17,9 +18,11 @@ import requests
 from .errors import AIAAError, BadInput, ModelNotFound, ServerBusy, ServerUnreachable, SessionExpired
 from .nifti import read_nifti
 from .sessions import SessionCache
-from .volume import Volume, check_mask_geometry
+from .volume import Volume, check_mask_geometry, refuse_sheared
 
 SESSION_EXPIRED = 440
+SESSION_GONE = (404, SESSION_EXPIRED)  # what a server answers for a session it no longer holds
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,17 @@ class Client:
         try:
             self._request("DELETE", f"/session/{session_id}")
         except AIAAError as error:
-            if error.status != 404:  # already gone is what we wanted
+            if error.status not in SESSION_GONE:  # already gone is what we wanted
                 raise
+
+    def delete_superseded_sessions(self) -> None:
+        """Free the server of sessions this client can no longer use; a failure here never fails a request
+        (the server drops them when they expire)."""
+        for session_id in self.sessions.take_superseded():
+            try:
+                self.delete_session(session_id)
+            except AIAAError as error:
+                log.warning("Could not delete a superseded AIAA session (it will expire on the server): %s", error)
 
     # ------------------------------------------------------------------------------------ internals
     def _infer(self, op: str, model: str, params: dict, volume: Volume) -> Result:
@@ -124,6 +136,7 @@ class Client:
         result_params, mask_bytes = _parse_result(reply)
         mask, affine = read_nifti(mask_bytes)
         check_mask_geometry(mask, affine, volume)
+        self.delete_superseded_sessions()  # once the server has answered: it is there to be asked
         return Result(mask=mask, params=result_params, reuploaded=reuploaded)
 
     def _post(self, op: str, model: str, params: dict, session_id: str | None = None, files: dict | None = None):
@@ -135,6 +148,7 @@ class Client:
         return self._request("POST", f"/v1/{op}", params=query, files={**fields, **(files or {})})
 
     def _file(self, volume: Volume) -> tuple[str, bytes, str]:
+        refuse_sheared(volume.ijk_to_ras)
         name = "volume.nii.gz" if self.compress else "volume.nii"
         return name, volume.to_nifti(compress=self.compress), "application/octet-stream"
 

@@ -43,6 +43,27 @@ def affines_match(a: np.ndarray, b: np.ndarray, tolerance_mm: float = 1e-3) -> b
     return bool(np.allclose(_matrix(a), _matrix(b), rtol=1e-5, atol=tolerance_mm))
 
 
+def nearest_rotation(direction: np.ndarray) -> np.ndarray:
+    """The orthonormal 3×3 matrix nearest to `direction` (unit columns that may carry float noise)."""
+    u, _, vt = np.linalg.svd(np.asarray(direction, dtype=float))
+    return u @ vt
+
+
+def is_sheared(ijk_to_ras: np.ndarray) -> bool:
+    """True when the voxel axes are not at right angles (a tilted gantry, a hardened shear transform).
+
+    A NIfTI qform, and the image readers of AIAA servers, hold only right-angled grids: such a volume
+    comes back on another grid. Float noise within the mask check's tolerance is not a shear.
+    """
+    m = _matrix(ijk_to_ras)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    if np.any(spacing == 0):
+        return False  # degenerate, not sheared: the NIfTI writer says so
+    right_angled = m.copy()
+    right_angled[:3, :3] = nearest_rotation(m[:3, :3] / spacing) * spacing
+    return not affines_match(right_angled, m)
+
+
 def _matrix(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=float)
     if m.shape != (4, 4):

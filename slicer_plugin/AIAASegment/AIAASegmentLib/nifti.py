@@ -11,6 +11,8 @@ import gzip
 
 import numpy as np
 
+from .geometry import nearest_rotation
+
 _HEADER = np.dtype(
     [
         ("sizeof_hdr", "i4"), ("data_type", "S10"), ("db_name", "S18"), ("extents", "i4"),
@@ -128,8 +130,7 @@ def _affine(header: np.void) -> np.ndarray:
 
 def _quaternion(direction: np.ndarray) -> tuple[list[float], float]:
     """(b, c, d) of the rotation in `direction` and qfac (−1 for a left-handed grid), as NIfTI stores them."""
-    u, _, vt = np.linalg.svd(direction)
-    rotation = u @ vt  # nearest orthonormal matrix: clicks in Slicer may carry float noise
+    rotation = nearest_rotation(direction)  # Slicer's matrices may carry float noise
     qfac = 1.0
     if np.linalg.det(rotation) < 0:
         qfac = -1.0

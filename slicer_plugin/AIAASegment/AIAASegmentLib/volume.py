@@ -8,8 +8,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .errors import GeometryMismatch
-from .geometry import affines_match, world_matrix
+from .errors import BadInput, GeometryMismatch
+from .geometry import affines_match, is_sheared, world_matrix
 from .nifti import write_nifti
 
 
@@ -20,12 +20,14 @@ class Volume:
     The server gets the own IJK→RAS (the scanner's patient orientation, which the models expect, and
     which does not change while a registration transform is edited, so the session stays valid).
     Clicks are in world coordinates, so they are mapped through `ijk_to_world`, parents included:
-    the voxel indices are the same in both frames.
+    the voxel indices are the same in both frames. `source` names the volume it was exported from
+    (a Slicer node id): a newer export of the same source supersedes the older one's server session.
     """
 
     voxels: np.ndarray
     ijk_to_ras: np.ndarray
     parent_to_world: np.ndarray | None = None
+    source: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -46,6 +48,17 @@ class Volume:
 
     def to_nifti(self, compress: bool = True) -> bytes:
         return write_nifti(self.voxels, self.ijk_to_ras, compress=compress)
+
+
+def refuse_sheared(ijk_to_ras: np.ndarray, name: str = "The volume") -> None:
+    """Refuse, before anything is sent, a grid the server would read back on other axes."""
+    if is_sheared(ijk_to_ras):
+        raise BadInput(
+            f"{name} has a sheared voxel grid (its axes are not at right angles: a tilted-gantry CT, or a "
+            "shear transform that was hardened), which AIAA servers cannot hold; nothing was sent. Resample "
+            "it onto a regular grid first (e.g. Resample Scalar/Vector/DWI Volume, or Crop Volume with "
+            "interpolation) and use the resampled volume."
+        )
 
 
 def check_mask_geometry(mask: np.ndarray, mask_affine: np.ndarray, volume: Volume) -> None:

@@ -11,7 +11,7 @@ import vtk
 from AIAASegmentLib import MIN_EXTREME_POINTS
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
-from AIAASegmentSlicer.logic import shared_logic
+from AIAASegmentSlicer.logic import Target, shared_logic
 from AIAASegmentSlicer.runner import RequestRunner
 
 MODES = ("extreme", "foreground", "background")  # the click tools; clicks are kept per tool
@@ -118,39 +118,41 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         return True  # the click was ours: no painting or window/level
 
     # ------------------------------------------------------------------------------------ requests
-    def _targets(self):
+    def _target(self) -> Target:
         node = self.scriptedEffect.parameterSetNode()
         source = node.GetSourceVolumeNode() if hasattr(node, "GetSourceVolumeNode") else node.GetMasterVolumeNode()
-        return source, node.GetSegmentationNode(), node.GetSelectedSegmentID()
+        return Target(source, node.GetSegmentationNode(), node.GetSelectedSegmentID() or "")
 
     def _apply_to_segment(self, result, request):
-        _, segmentation_node, segment_id = self._targets()
-        return self.logic.apply_to_segment(result, request, segmentation_node, segment_id,
-                                           self.scriptedEffect.saveStateForUndo)
+        return self.logic.apply_to_segment(result, request, self.scriptedEffect.saveStateForUndo)
 
     def on_auto_segment(self):
-        volume_node, segmentation_node, _ = self._targets()
+        target = self._target()
         model = self.models["segmentation"].currentText
         self.runner.start(
-            lambda: self.logic.prepare_auto_segmentation(volume_node, model),
+            lambda: self.logic.prepare_auto_segmentation(target, model),
             lambda result, request: self.logic.apply_auto_segmentation(
-                result, request, segmentation_node, self.scriptedEffect.saveStateForUndo
+                result, request, self.scriptedEffect.saveStateForUndo
             ),
             "Auto-segmentation",
-            volume_node.GetName() if volume_node else "",
+            _name(target),
         )
 
     def _run_extreme_points(self):
-        volume_node = self._targets()[0]
+        target = self._target()
         points, model = list(self.points["extreme"]), self.models["annotation"].currentText
         self.mode_buttons["extreme"].checked = False
         self.clear_points()
-        self.runner.start(lambda: self.logic.prepare_extreme_points(volume_node, points, model),
-                          self._apply_to_segment, "Extreme points", volume_node.GetName() if volume_node else "")
+        self.runner.start(lambda: self.logic.prepare_extreme_points(target, points, model),
+                          self._apply_to_segment, "Extreme points", _name(target))
 
     def _run_deepgrow(self):
-        volume_node = self._targets()[0]
+        target = self._target()
         foreground, background = list(self.points["foreground"]), list(self.points["background"])
         model = self.models["deepgrow"].currentText
-        self.runner.start(lambda: self.logic.prepare_deepgrow(volume_node, foreground, background, model),
-                          self._apply_to_segment, "Deepgrow", volume_node.GetName() if volume_node else "")
+        self.runner.start(lambda: self.logic.prepare_deepgrow(target, foreground, background, model),
+                          self._apply_to_segment, "Deepgrow", _name(target))
+
+
+def _name(target: Target) -> str:
+    return target.volume_node.GetName() if target.volume_node else ""

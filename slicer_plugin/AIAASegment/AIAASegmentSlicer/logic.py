@@ -1,6 +1,8 @@
 """What the module panel and the Segment Editor effect do, without Qt: connect, check consent, turn clicks
-into requests, and apply results. Each action has a GUI-thread `prepare` (reads MRML), a network `run`
-(safe on a worker thread: no MRML) and a GUI-thread `apply` (writes MRML after an undo checkpoint)."""
+into requests, and apply results. Each action has a GUI-thread `prepare` (reads MRML and checks everything
+it can before anything is sent), a network `run` (safe on a worker thread: no MRML) and a GUI-thread
+`apply` (checks the scene again, as it may have changed meanwhile, then writes MRML after an undo
+checkpoint)."""
 
 from __future__ import annotations
 
@@ -28,13 +30,23 @@ MODEL_TYPES = {"segmentation": "Auto-segmentation", "annotation": "Extreme point
 
 
 @dataclass
+class Target:
+    """The nodes a tool works on: the source volume, and the segmentation (and segment) the result goes to."""
+
+    volume_node: object
+    segmentation_node: object
+    segment_id: str = ""
+
+
+@dataclass
 class Request:
-    """One prepared server call: what to run off the GUI thread and what the result is for."""
+    """One prepared server call: what to run off the GUI thread, what was sent, and where the result goes."""
 
     run: Callable[[], Result]
     volume: Volume
     model: ModelInfo
     consent_needed: bool
+    target: Target
 
 
 class AIAALogic:
@@ -96,30 +108,33 @@ class AIAALogic:
         self._exported[volume_node.GetID()] = (key, volume)
         return volume
 
-    def prepare_auto_segmentation(self, volume_node, model_name: str) -> Request:
-        client, model, volume = self._client(), self.model(model_name), self.volume(volume_node)
-        return Request(lambda: client.segment(model.name, volume), volume, model, self._needs_consent(volume))
+    def prepare_auto_segmentation(self, target: Target, model_name: str) -> Request:
+        client, model, volume = self._client(), self.model(model_name), self.volume(target.volume_node)
+        mrml_bridge.check_segmentation(target.segmentation_node)
+        return Request(lambda: client.segment(model.name, volume), volume, model, self._needs_consent(volume), target)
 
-    def prepare_extreme_points(self, volume_node, points_world: np.ndarray, model_name: str) -> Request:
-        client, model, volume = self._client(), self.model(model_name), self.volume(volume_node)
+    def prepare_extreme_points(self, target: Target, points_world: np.ndarray, model_name: str) -> Request:
+        client, model, volume = self._client(), self.model(model_name), self.volume(target.volume_node)
         points = validate_extreme_points(world_to_ijk(points_world, volume.ijk_to_world), volume.shape)
+        mrml_bridge.check_segmentation(target.segmentation_node, target.segment_id)
         return Request(
             lambda: client.annotate_extreme_points(model.name, volume, points), volume, model,
-            self._needs_consent(volume),
+            self._needs_consent(volume), target,
         )
 
     def prepare_deepgrow(
-        self, volume_node, foreground_world: np.ndarray, background_world: np.ndarray, model_name: str
+        self, target: Target, foreground_world: np.ndarray, background_world: np.ndarray, model_name: str
     ) -> Request:
-        client, model, volume = self._client(), self.model(model_name), self.volume(volume_node)
+        client, model, volume = self._client(), self.model(model_name), self.volume(target.volume_node)
         foreground, background = validate_clicks(
             world_to_ijk(foreground_world, volume.ijk_to_world),
             world_to_ijk(background_world, volume.ijk_to_world),
             volume.shape,
         )
+        mrml_bridge.check_segmentation(target.segmentation_node, target.segment_id)
         return Request(
             lambda: client.deepgrow(model.name, volume, foreground, background), volume, model,
-            self._needs_consent(volume),
+            self._needs_consent(volume), target,
         )
 
     def _client(self) -> Client:
@@ -129,29 +144,33 @@ class AIAALogic:
 
     # ------------------------------------------------------------------------------------ apply (GUI thread)
     @staticmethod
-    def apply_to_segment(
-        result: Result, request: Request, segmentation_node, segment_id: str, checkpoint: Callable[[], None]
-    ) -> str:
-        """Replace the selected segment with the mask; returns the message for the status line."""
-        if segmentation_node is None or not segment_id:
-            raise BadInput("Select a segmentation and a segment to write the result into.")
+    def apply_to_segment(result: Result, request: Request, checkpoint: Callable[[], None]) -> str:
+        """Replace the target segment with the mask; returns the message for the status line."""
+        target = request.target
+        placement = _placement(request, target.segment_id)
         checkpoint()
-        mrml_bridge.write_segment(result.mask, request.volume, segmentation_node, segment_id)
+        mrml_bridge.write_segment(result.mask, placement, target.segmentation_node, target.segment_id)
         return _done(result, f"{int(np.count_nonzero(result.mask))} voxels")
 
     @staticmethod
-    def apply_auto_segmentation(
-        result: Result, request: Request, segmentation_node, checkpoint: Callable[[], None]
-    ) -> str:
+    def apply_auto_segmentation(result: Result, request: Request, checkpoint: Callable[[], None]) -> str:
         """One segment per label found, named from the model's labels (existing ones of that name replaced)."""
-        if segmentation_node is None:
-            raise BadInput("Select a segmentation to write the result into.")
         names = segments_in_mask(result.mask, label_names(request.model.labels, result.params.get("label_names")))
         if not names:
             return _done(result, f"the model found nothing ({', '.join(map(str, request.model.labels))})")
+        placement = _placement(request, None)
         checkpoint()
-        mrml_bridge.write_label_segments(result.mask, names, request.volume, segmentation_node)
+        mrml_bridge.write_label_segments(result.mask, names, placement, request.target.segmentation_node)
         return _done(result, "segments " + ", ".join(name for _, name in names))
+
+
+def _placement(request: Request, segment_id: str | None) -> np.ndarray:
+    """Check the target again and place the result on the volume where it is now: all that can refuse
+    runs here, before the undo checkpoint, so Undo never gets an empty step."""
+    target = request.target
+    mrml_bridge.check_segmentation(target.segmentation_node, segment_id)
+    grid = mrml_bridge.current_grid(target.volume_node, request.volume)
+    return mrml_bridge.labelmap_placement(grid, target.segmentation_node)
 
 
 def _done(result: Result, what: str) -> str:
