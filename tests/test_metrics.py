@@ -73,6 +73,7 @@ def client(server, tmp_path_factory) -> ScriptedClient:
     c.call("GET", "/no/such/route", "unmatched", 404)
     c.call("POST", f"/v1/segmentation?model={MODEL}", "/v1/segmentation", 400, MODEL, data={"params": "{}"})
     c.call("GET", "/v1/dashboard", "/v1/dashboard", 401)
+    c.call("GET", "/logs?lines=3", "/logs", 401)
     c.call("GET", "/v1/dashboard?format=json", "/v1/dashboard", 401, auth=(ADMIN[0], "wrong"))
 
     kept = c.call("PUT", "/session/", "/session/", 200, files={"image": (image_path.name, image)}).json()
@@ -96,7 +97,7 @@ def client(server, tmp_path_factory) -> ScriptedClient:
         MODEL,
         data={"params": "{}"},
     )
-    logs = c.call("GET", "/logs?lines=3", "/logs", 200)
+    logs = c.call("GET", "/logs?lines=3", "/logs", 200, auth=ADMIN)
     assert len(logs.text.splitlines()) == 3
     c.kept_session, c.used_session = kept, used
     return c
@@ -175,8 +176,11 @@ def test_metrics_count_exactly_the_traffic(client):
     }
     assert histogram_counts == counted
 
-    stages = {dict(items)["stage"]: value for (name, items), value in samples.items()
-              if name == "aiaa_inference_seconds_count" and dict(items)["model"] == MODEL}
+    stages = {
+        dict(items)["stage"]: value
+        for (name, items), value in samples.items()
+        if name == "aiaa_inference_seconds_count" and dict(items)["model"] == MODEL
+    }
     assert stages and all(count == 1 for count in stages.values())  # one inference, every stage once
     assert samples[("aiaa_sessions", ())] == 1
     assert samples[("aiaa_session_bytes", ())] == client.kept_session["session_info"]["bytes"]
@@ -213,10 +217,16 @@ def test_one_log_line_per_request_and_no_patient_data(client, server):
     text = (server.log_dir / "aiaa.log").read_text(encoding="utf-8")
     request_lines = [line for line in text.splitlines() if " aiaa.requests: method=" in line]
     assert len(request_lines) == sum(client.expected.values())
-    used = client.used_session["session_id"]
     assert sum(" method=PUT path=/session/ model=- session=- status=200 " in line for line in request_lines) == 2
-    inference = f" path=/v1/segmentation model={MODEL} session={used} status=200 "
-    assert sum(inference in line for line in request_lines) == 1
+    # the session as a tag that follows it from request to request, never its id (which grants its use)
+    seg = f" path=/v1/segmentation model={MODEL} session=sid-"
+    (inference,) = [line for line in request_lines if seg in line and " status=200 " in line]
+    tag = inference.split(" session=")[1].split()[0]
+    lines_of_used = [line for line in request_lines if f" session={tag} " in line]
+    assert [line.split(" method=")[1].split()[0] for line in lines_of_used] == ["GET", "POST", "DELETE", "GET", "POST"]
+    assert " path=/session/<session_id> " in lines_of_used[0]
+    for session in (client.used_session, client.kept_session):
+        assert session["session_id"] not in text
     assert PATIENT_STEM not in text  # neither the upload's file name nor anything of its body
 
 
