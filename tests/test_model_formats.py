@@ -202,7 +202,7 @@ def mmar_with(tmp_path, **changes) -> Path:
         ([{"name": "custom.MyTransformd", "args": {}}], "'custom.MyTransformd' is not allowed"),
         ([{"name": "custom.ExtremePointsd", "args": {}}], "'custom.ExtremePointsd' is not allowed"),
         ([{"name": "custom.LoadImaged", "args": {}}], "'custom.LoadImaged' is not allowed"),
-        ([{"name": "monai.transforms.Spacingd", "args": {"keys": "image", "bogus": 1}}], "cannot build"),
+        ([{"name": "monai.transforms.Spacingd", "args": {"keys": "image", "bogus": 1}}], "has no argument .bogus."),
         ([{"args": {}}], "must be an object with a 'name'"),
         ({"name": "x"}, "must be a list"),
     ],

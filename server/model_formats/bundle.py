@@ -1,11 +1,13 @@
-"""MONAI bundles: the parts of `configs/inference.json|yaml` inference needs, resolved with
-`monai.bundle.ConfigParser` after every piece of them was checked.
+"""MONAI bundles: the parts of `configs/inference.json|yaml` inference needs, checked, then built by the
+server itself (never by `monai.bundle.ConfigParser`, which would evaluate Python and import by name).
 
-A bundle config may hold Python (`"$..."`) and name any class (`_target_`); evaluating it whole would
-run the uploader's code. So only `network_def`, `preprocessing`, `inferer` and `postprocessing` (and
-what they refer to) are kept; each `_target_` must pass the allow-list (and is rewritten to the class
-it resolved to), file writers are dropped, `LoadImaged` becomes the server's loader, and an expression
-must be one of a few simple forms (`EXPRESSIONS`). Anything else is a 400 naming the key.
+A bundle config may hold Python (`"$..."`), macros (`"%..."`) and name any class (`_target_`). So only
+`network_def`, `preprocessing`, `inferer` and `postprocessing` (and what they refer to with `@id`) are
+kept; each `_target_` must pass the allow-list (`names`, by the object the name resolves to, so MONAI's
+aliases meet the same rule), file writers are dropped unbuilt, `LoadImaged` becomes the server's loader,
+and an expression must be one of a few simple forms (`EXPRESSIONS`), which the server evaluates itself.
+Every component is then built with its references resolved, and its resolved arguments are checked
+(`arguments.check_args`) before its class is called. Anything else is a 400 naming the key.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
-from monai.bundle import ConfigParser
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
@@ -42,7 +45,18 @@ EXPRESSIONS = {  # what a "$..." value may be; the comment says what the form is
         r"bool_?|long)$"
     ),
 }
-DROP = object()  # a list item removed from the config (a file writer)
+MAX_DEPTH = 32
+DROP = object()  # a list item removed from the config (a file writer, a disabled component)
+COMPOSE = names.Resolved("Compose", Compose)  # a pipeline's container (refused as an MMAR step)
+
+
+@dataclass(eq=False)
+class Component:
+    """A checked `_target_` dict: the allow-listed class it resolved to and its (checked, unresolved) args."""
+
+    resolved: names.Resolved
+    args: dict
+    where: str
 
 
 def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] | None]:
@@ -53,10 +67,10 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
         raise BadRequest(f"Bundle inference config has no {' / '.join(missing)}: this server needs both.")
     kept = {key: config[key] for key in closure(config, [k for k in NEEDED if k in config])}
     kept["bundle_root"] = str(folder)
-    parser = ConfigParser(kept)
-    preprocessing = parsed(parser, "preprocessing")
-    postprocessing = parsed(parser, "postprocessing") if "postprocessing" in kept else []
-    inferer = parsed(parser, "inferer")
+    built = Builder(kept)
+    preprocessing = built.get("preprocessing")
+    postprocessing = built.get("postprocessing") if "postprocessing" in kept else []
+    inferer = built.get("inferer")
     if not isinstance(inferer, Inferer):
         raise BadRequest("Bundle 'inferer' must be a monai.inferers class (e.g. SlidingWindowInferer).")
     if not isinstance(metadata.get("version", ""), (str, int, float)):
@@ -74,7 +88,7 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
         post_transforms=flatten(postprocessing, "postprocessing"),
         model_info=mmar.model_info(metadata, model_type, {}),
     )
-    network = (lambda: parsed(parser, "network_def")) if "network_def" in kept else None
+    network = (lambda: built.get("network_def")) if "network_def" in kept else None
     return spec, network
 
 
@@ -118,6 +132,8 @@ def closure(config: dict, roots: list[str]) -> list[str]:
 
 def check(value, where: str, refs: list[str]):
     """Validate one config value (recursively); collect the ids it refers to; return it rewritten."""
+    if where.count("#") > MAX_DEPTH:
+        raise BadRequest(f"Bundle config '{where}': nested deeper than {MAX_DEPTH} levels.")
     if isinstance(value, dict):
         if "_target_" in value:
             return component(value, where, refs)
@@ -143,31 +159,32 @@ def check(value, where: str, refs: list[str]):
 
 
 def component(value: dict, where: str, refs: list[str]):
-    """A `_target_` dict: the target must be allow-listed; it is rewritten to the class it resolved to."""
+    """A `_target_` dict: the target must be allow-listed; its args are checked and their refs collected."""
     unknown = sorted(k for k in value if k.startswith("_") and k.endswith("_") and k not in COMPONENT_KEYS)
     if unknown:
         raise BadRequest(f"Bundle config '{where}': {', '.join(unknown)} not accepted.")
     target = value["_target_"]
     if not isinstance(target, str) or target.startswith(("$", "@", "%")):
         raise BadRequest(f"Bundle config '{where}': _target_ must be a class name, got {target!r}.")
-    if target in ("Compose", "monai.transforms.Compose"):  # a pipeline's container (refused in MMAR steps)
-        cls, fix = Compose, (lambda a: a)
-    else:
-        resolved = resolve_target(target, where)
-        if resolved.cls is None:  # a file writer, or what the server computes itself
-            return DROP
-        cls, fix = resolved.cls, resolved.fix_args
+    disabled = value.get("_disabled_", False)
+    if not isinstance(disabled, (bool, str)) or str(disabled).lower() not in ("true", "false"):
+        raise BadRequest(f"Bundle config '{where}#_disabled_': must be true or false, got {disabled!r}.")
+    resolved = COMPOSE if target in ("Compose", "monai.transforms.Compose") else resolve_target(target, where)
+    if resolved.cls is None or str(disabled).lower() == "true":  # a file writer, or what the server computes
+        return DROP
     args = {k: check(v, f"{where}#{k}", refs) for k, v in value.items() if k not in COMPONENT_KEYS}
-    extra = {k: check(value[k], f"{where}#{k}", refs) for k in ("_disabled_", "_desc_") if k in value}
-    return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **fix(args), **extra}
+    return Component(resolved, args, where)
 
 
 def resolve_target(target: str, where: str) -> names.Resolved:
     """A transform, inferer or network from the allow-list (the same one MMAR configs go through)."""
-    try:
-        return names.resolve_transform(target)
-    except BadRequest:
-        pass
+    prefix, _, name = target.rpartition(".")
+    known = names.AIAA_DROPPED | names.LEGACY_LOADERS | set(names.LEGACY_MONAI)
+    if names.lookup(prefix, name) is not None or name in known:  # a transform: its verdict, not a fallback
+        try:
+            return names.resolve_transform(target, drop_writers=True)
+        except BadRequest as error:
+            raise BadRequest(f"Bundle config '{where}': _target_ {error.message.removeprefix('Transform ')}") from None
     for resolve, fix in ((names.resolve_inferer, lambda a: a), (names.resolve_network, lambda a: a)):
         try:
             return names.Resolved(target, resolve(target), fix)
@@ -179,16 +196,84 @@ def resolve_target(target: str, where: str) -> names.Resolved:
     )
 
 
-def parsed(parser: ConfigParser, key: str):
-    try:
-        return parser.get_parsed_content(key)
-    except Exception as error:  # noqa: BLE001 - a checked config that still fails to build is a bad config
-        raise BadRequest(f"Bundle config '{key}' cannot be built: {str(error).splitlines()[0]}") from None
+class Builder:
+    """Builds the kept, checked config the way `ConfigParser` would, without evaluating anything: `@id`
+    (and `@id#key#0`) refer to other kept items (each built once, as MONAI shares them), `$` forms are
+    evaluated here, and each component's resolved args are checked before its class is called."""
+
+    def __init__(self, config: dict):
+        self.config = config
+        self.built: dict[int, object] = {}
+        self.building: set[int] = set()
+        self.following: list[str] = []  # the references being resolved (a cycle is refused)
+
+    def get(self, key: str):
+        return self.resolve(self.config[key], key)
+
+    def resolve(self, value, where: str):
+        if value is DROP:
+            return None
+        if isinstance(value, Component):
+            return self.component(value)
+        if isinstance(value, dict):
+            return {k: self.resolve(v, f"{where}#{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve(v, f"{where}#{i}") for i, v in enumerate(value)]
+        if isinstance(value, str) and value.startswith("@"):
+            return self.reference(value[1:], where)
+        if isinstance(value, str) and value.startswith("$"):
+            return self.expression(value, where)
+        return value
+
+    def component(self, node: Component):
+        if id(node) in self.built:
+            return self.built[id(node)]
+        if id(node) in self.building:
+            raise BadRequest(f"Bundle config '{node.where}' refers to itself.")
+        self.building.add(id(node))
+        args = {k: self.resolve(v, f"{node.where}#{k}") for k, v in node.args.items()}
+        self.built[id(node)] = built = names.build(node.resolved, args, f"Bundle config '{node.where}'")
+        return built
+
+    def reference(self, ref: str, where: str):
+        """`id`, `id#key#0`: the item at that path of the checked config, built."""
+        if not re.fullmatch(_ID, ref):
+            raise BadRequest(f"Bundle config '{where}': reference '@{ref}' is not accepted.")
+        first, *path = re.split(r"#|::", ref)
+        node = self.config.get(first)
+        for part in path:
+            if isinstance(node, Component):
+                node = node.args
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise BadRequest(f"Bundle config '{where}': '@{ref}' refers to nothing.")
+        if ref in self.following:
+            raise BadRequest(f"Bundle config '{where}': '@{ref}' refers back to itself.")
+        self.following.append(ref)
+        try:
+            return self.resolve(node, ref)
+        finally:
+            self.following.pop()
+
+    def expression(self, text: str, where: str):
+        if EXPRESSIONS["device"].match(text):
+            return torch.device("cpu")  # the server moves the network; pre/post-processing run on the CPU
+        if EXPRESSIONS["dtype"].match(text):
+            module, _, name = text[1:].strip().partition(".")
+            return getattr(torch if module == "torch" else np, name)
+        terms = re.findall(rf"@({_ID})|'([^'\\]*)'|\"([^\"\\]*)\"", text[1:])
+        values = [self.reference(ref, where) if ref else single or double for ref, single, double in terms]
+        if not all(isinstance(v, str) for v in values):
+            raise BadRequest(f"Bundle config '{where}': '{text}' joins values that are not all strings.")
+        return "".join(values)
 
 
 def flatten(value, key: str) -> list[Callable]:
     """A `Compose` (possibly nested) or a list → the flat list of transforms the task runs."""
-    if isinstance(value, Compose):
+    if type(value) is Compose:
         return [t for inner in value.transforms for t in flatten(inner, key)]
     if isinstance(value, list):
         return [t for inner in value for t in flatten(inner, key)]

@@ -1,8 +1,10 @@
 """Model weights from an upload, loaded without ever running code from it.
 
-`.ts` (and a `.pt` that is a TorchScript archive) → `torch.jit.load`; any other `.pt` → a state dict
-through `torch.load(weights_only=True)` (a pickle that would call anything is refused before it runs)
-into an allow-listed network; `.onnx` → ONNX Runtime on the CPU.
+`.ts` (and a `.pt` that is a TorchScript archive) → its code checked (`torchscript.check_archive`: tensor
+math only, `__setstate__` included), then `torch.jit.load`, then its compiled graphs checked again before
+any forward; any other `.pt` → a state dict through `torch.load(weights_only=True)` (a pickle that would
+call anything is refused before it runs) into an allow-listed network; `.onnx` → its graph checked
+(`onnx_graph.check_onnx`: ONNX's own operators, no external data), then ONNX Runtime on the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 
 from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
+from .onnx_graph import check_onnx
+from .torchscript import check_archive, check_loaded
 
 WEIGHT_FILES = ("model.ts", "model.pt", "model.onnx")
 
@@ -45,15 +49,19 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
     """
     suffix = path.suffix.lower()
     if suffix == ".onnx":
+        check_onnx(path)
         try:
             return OnnxModule(path), "onnxruntime"
         except Exception as error:  # noqa: BLE001 - a broken graph is the upload's fault
             raise BadRequest(f"models/{path.name} is not a loadable ONNX model: {error}") from None
     if suffix == ".ts" or is_torchscript(path):
+        check_archive(path)  # before loading: `torch.jit.load` runs the archive's `__setstate__` methods
         try:
-            return TorchModule(torch.jit.load(str(path), map_location="cpu"), "torchscript"), "torchscript"
+            module = torch.jit.load(str(path), map_location="cpu")
         except Exception as error:  # noqa: BLE001 - a broken archive is the upload's fault
             raise BadRequest(f"models/{path.name} is not a loadable TorchScript file: {error}") from None
+        check_loaded(path, module)
+        return TorchModule(module, "torchscript"), "torchscript"
     if network is None:
         raise BadRequest(
             f"models/{path.name} is a state dict, so the config must name its network "
