@@ -76,9 +76,7 @@ def boundary_vertices(mask_rc: np.ndarray) -> int:
     return int(np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
 
 
-def mask_to_polygons(
-    mask: np.ndarray, more_points: int = 1, max_vertices: int = MAX_VERTICES
-) -> list[list[Polygon]]:
+def mask_to_polygons(mask: np.ndarray, more_points: int = 1, max_vertices: int = MAX_VERTICES) -> list[list[Polygon]]:
     """Polygons of every axial slice k of an `[i, j, k]` mask, in k order, as `[j, i]` vertices; an empty
     slice gives `[]`. More than `max_vertices` contour vertices in all is a 413, found before tracing."""
     slices = [mask[:, :, k].T for k in range(mask.shape[2])]  # [j, i]: rows are j
@@ -184,7 +182,8 @@ def fill_into(target: np.ndarray, polygon: Polygon) -> None:
     """OR into the uint8 `[row, column]` array `target` the voxels whose centres lie inside `polygon`
     (even-odd rule); parts outside the grid are clipped.
 
-    The same voxels as `skimage.draw.polygon`, found from the rows each edge crosses in time proportional
+    The same voxels as `skimage.draw.polygon` but for centres exactly on an edge (never the case for the
+    half-integer contours of `slice_polygons`), found from the rows each edge crosses in time proportional
     to the boundary (bounding box × vertices takes 0.3 s for one organ contour on a 512² slice). A voxel
     centre is inside when an odd number of crossings lie left of it, so each crossing toggles a bit at the
     first centre to its right and a running XOR along the row fills the runs: one byte per voxel of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from server.polygons import (
     slice_polygons,
 )
 from server.registry import ModelRegistry
+from server.scheduler import Scheduler
 from server.settings import Settings
 
 SIZE = (24, 16, 5)  # i, j, k
@@ -351,3 +353,202 @@ def test_fixpolygon_on_a_2d_image_and_double_encoded_params(client, tmp_path):
     expected = np.zeros((9, 8), np.uint8)
     expected[3:7, 3:7] = 1
     assert np.array_equal(to_array(mask), expected)
+
+
+# ------------------------------------------------------------- axis order, 3D round trip, 2D in PNG
+
+
+def test_3d_round_trip_mask_polygons_fixpolygon_zero_offset_gives_the_mask_back(client, tmp_path):
+    mask = np.zeros(SIZE, np.uint8)  # [i, j, k]; blobs longer along i than j, one touching the border
+    mask[2:20, 3:6, 0] = 1
+    mask[:, :, 1] = disc(SIZE[:2], (7, 8), 4) | disc(SIZE[:2], (19, 5), 3)
+    mask[0:9, 12:16, 1] = 1
+    mask[5:22, 1:4, 3] = 1
+    slices = post(client, "mask2polygon", {}, volume_bytes(mask, tmp_path)).get_json()
+    rows_k0 = np.concatenate([np.asarray(p)[:, 0] for p in slices[0]])
+    assert (rows_k0.min(), rows_k0.max()) == (2.5, 5.5)  # coordinate 0 spans j (3..5), not i (2..19)
+    params = {"poly": slices, "vertex_offset": [0, 0], "dimension": 3, "slice_index": 1, "polygon_index": 0,
+              "vertex_index": 0, "propagate_neighbor": 3, "propagate_neighbor_3d": 2}
+    result, filename, fixed = read_multipart(post(client, "fixpolygon", params, volume_bytes(mask, tmp_path)), tmp_path)
+    assert filename == "result.nii.gz"
+    assert_input_grid(fixed)
+    assert result["poly"] == slices
+    assert np.array_equal(to_array(fixed), mask)
+
+
+def png_bytes(array_ji: np.ndarray, tmp_path: Path) -> bytes:
+    path = tmp_path / "slice.png"
+    sitk.WriteImage(sitk.GetImageFromArray(array_ji.astype(np.uint8)), str(path))
+    return path.read_bytes()
+
+
+def read_png(data: bytes, tmp_path: Path) -> sitk.Image:
+    """Read as ITK's PNG reader does (what MITK saves the reply as and opens)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    path = tmp_path / "reply.png"
+    path.write_bytes(data)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("PNGImageIO")
+    reader.SetFileName(str(path))
+    return reader.Execute()
+
+
+BAR = [[[1.5, 2.5], [1.5, 20.5], [5.5, 20.5], [5.5, 2.5]]]  # rows (j) 2..5, columns (i) 3..20
+
+
+def png_reply(reply) -> tuple[dict, str, bytes]:
+    assert reply.status_code == 200, reply.get_data(as_text=True)
+    params_part, file_part = MultipartDecoder(reply.data, reply.headers["Content-Type"]).parts
+    filename = file_part.headers[b"Content-Disposition"].decode().split('filename="')[1].rstrip('"')
+    return json.loads(params_part.content), filename, file_part.content
+
+
+def test_fixpolygon_png_in_png_out_of_the_same_size(client, tmp_path):
+    picture = np.random.default_rng(1).integers(0, 255, size=(23, 37))  # 23 rows (j) × 37 columns (i)
+    params = {"poly": BAR, "vertex_offset": [0, 5], "dimension": 2, "polygon_index": 0, "vertex_index": 1,
+              "propagate_neighbor": 0}
+    result, filename, data = png_reply(post(client, "fixpolygon", params, png_bytes(picture, tmp_path), "slice.png"))
+    assert filename == "result.png"
+    mask = read_png(data, tmp_path)
+    assert mask.GetSize() == (37, 23) and mask.GetPixelID() == sitk.sitkUInt8
+    expected = rasterise(fix_polygon([np.asarray(BAR[0])], 0, 1, (0, 5), 0), (23, 37))
+    assert np.array_equal(sitk.GetArrayFromImage(mask), expected.astype(np.uint8))  # [j, i] rows and columns
+    assert expected[2:6, 21:24].any() and not expected[6:].any()  # the drag went along i (columns)
+    np.testing.assert_allclose(result["poly"][0][1], [1.5, 25.5])
+
+
+@pytest.mark.parametrize(
+    ("upload", "options", "filename", "pixel"),
+    [
+        ("2d nifti", {}, "result.png", sitk.sitkUInt8),
+        ("png", {"result_extension": ".png", "result_dtype": "uint16"}, "result.png", sitk.sitkUInt16),
+        ("png", {"result_extension": "nii.gz"}, "result.nii.gz", sitk.sitkUInt8),
+        ("png", {"result_extension": ".nrrd", "result_compress": "false"}, "result.nrrd", sitk.sitkUInt8),
+    ],
+)
+def test_2d_results_default_to_png_and_take_other_formats(client, tmp_path, upload, options, filename, pixel):
+    picture = np.zeros((23, 37), np.uint8)
+    data = png_bytes(picture, tmp_path) if upload == "png" else volume_bytes(picture.T, tmp_path)
+    params = {"poly": BAR, "vertex_offset": [0, 0], "dimension": 2, "polygon_index": 0, "vertex_index": 0, **options}
+    reply = post(client, "fixpolygon", params, data, "slice.png" if upload == "png" else "slice.nii.gz")
+    _, name, content = png_reply(reply)
+    assert name == filename
+    path = tmp_path / f"back-{name}"
+    path.write_bytes(content)
+    mask = read_png(content, tmp_path) if name.endswith(".png") else sitk.ReadImage(str(path))
+    assert mask.GetSize() == (37, 23) and mask.GetPixelID() == pixel
+    assert sitk.GetArrayFromImage(mask).sum() == 4 * 18
+
+
+# ------------------------------------------------------------------------ hostile params, bounds, lane
+
+
+def deep(levels: int):
+    value: list = [1.5, 2.5]
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+HOSTILE = {
+    "more_points huge": ("mask2polygon", {"more_points": 10**30}, 400),
+    "more_points 5000 digits in a string": ("mask2polygon", {"more_points": "1" + "0" * 5000}, 400),
+    "more_points true": ("mask2polygon", {"more_points": True}, 400),
+    "more_points NaN": ("mask2polygon", {"more_points": float("nan")}, 400),
+    "index 1e300": ("fixpolygon", {**GOOD_2D, "polygon_index": 1e300}, 400),
+    "index huge": ("fixpolygon", {**GOOD_2D, "vertex_index": 10**40}, 400),
+    "index true": ("fixpolygon", {**GOOD_2D, "vertex_index": True}, 400),
+    "neighbours huge": ("fixpolygon", {**GOOD_2D, "propagate_neighbor": 10**30}, 400),
+    "3D neighbours huge": ("fixpolygon", {**GOOD_2D, "dimension": 3, "poly": [SQUARE], "slice_index": 0,
+                                          "propagate_neighbor_3d": 1e20}, 400),
+    "dimension text": ("fixpolygon", {**GOOD_2D, "dimension": "3D"}, 400),
+    "offset NaN": ("fixpolygon", {**GOOD_2D, "vertex_offset": [float("nan"), 0]}, 400),
+    "offset Infinity": ("fixpolygon", {**GOOD_2D, "vertex_offset": [0, float("inf")]}, 400),
+    "offset huge int": ("fixpolygon", {**GOOD_2D, "vertex_offset": [10**400, 0]}, 400),
+    "offset nested": ("fixpolygon", {**GOOD_2D, "vertex_offset": [[1, 2], [3, 4]]}, 400),
+    "offset deep string": ("fixpolygon", {**GOOD_2D, "vertex_offset": "[" * 100_000 + "]" * 100_000}, 400),
+    "poly deep": ("fixpolygon", {**GOOD_2D, "poly": [deep(40)]}, 400),
+    "poly deep string": ("fixpolygon", {**GOOD_2D, "poly": "[" * 100_000 + "]" * 100_000}, 400),
+    "poly object": ("fixpolygon", {**GOOD_2D, "poly": {"0": SQUARE}}, 400),
+    "poly NaN vertex": ("fixpolygon", {**GOOD_2D, "poly": [[[float("nan"), 1], [2, 3], [4, 5]]]}, 400),
+    "poly huge vertex": ("fixpolygon", {**GOOD_2D, "poly": [[[10**30, 1], [2, 3], [4, 5]]]}, 400),
+    "poly true vertex": ("fixpolygon", {**GOOD_2D, "poly": [[[True, False], [2, 3], [4, 5]]]}, 400),
+    "poly null vertex": ("fixpolygon", {**GOOD_2D, "poly": [[None, [2, 3], [4, 5]]]}, 400),
+    "poly text vertex": ("fixpolygon", {**GOOD_2D, "poly": [[["1.5", "2"], [2, 3], [4, 5]]]}, 400),
+    "poly ragged": ("fixpolygon", {**GOOD_2D, "poly": [[[1, 2], [2, 3, 4], [4, 5]]]}, 400),
+    "3D poly slices not lists": ("fixpolygon", {**GOOD_2D, "dimension": 3, "poly": [5], "slice_index": 0}, 400),
+    "result_extension a number": ("fixpolygon", {**GOOD_2D, "result_extension": 5}, 400),
+    "result_extension long": ("fixpolygon", {**GOOD_2D, "result_extension": "x" * 100}, 400),
+    "result_extension png for 3D": ("fixpolygon", {**GOOD_2D, "result_extension": ".png"}, 400),
+    "result_dtype object": ("fixpolygon", {**GOOD_2D, "result_dtype": {"a": 1}}, 400),
+    "result_dtype float": ("fixpolygon", {**GOOD_2D, "result_dtype": "float64"}, 400),
+    "result_compress list": ("fixpolygon", {**GOOD_2D, "result_compress": [1]}, 400),
+    # 4000 vertices alternating far above and below the image: 4000 edges × 20000 rows each
+    "fill work": ("fixpolygon", {**GOOD_2D, "poly": [[[(-1) ** n * 1e6, n] for n in range(4000)]]}, 413),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_params_are_a_4xx_with_a_one_line_message(client, tmp_path, case):
+    op, params, status = HOSTILE[case]
+    size = (1, 20000, 2) if case == "fill work" else SIZE  # 20000 rows (j): cheap to upload, costly to fill
+    reply = post(client, op, params, volume_bytes(np.zeros(size, np.uint8), tmp_path))
+    assert reply.status_code == status, reply.get_data(as_text=True)
+    message = reply.get_json()["error"]["message"]
+    assert "\n" not in message and len(message) < 400, message
+    if case == "fill work":
+        assert "80000000 grid rows" in message and str(polygons_blueprint.polygons.MAX_ROW_CROSSINGS) in message
+    if case == "result_extension png for 3D":
+        assert "one 2D slice" in message and ".nii.gz" in message
+
+
+def test_bad_output_query_is_a_400(client, tmp_path):
+    data = volume_bytes(np.zeros(SIZE, np.uint8), tmp_path)
+    reply = client.post("/v1/fixpolygon?output=bogus", data={"params": json.dumps(GOOD_2D),
+                                                             "datapoint": (io.BytesIO(data), "v.nii.gz")})
+    assert reply.status_code == 400 and "output" in reply.get_json()["error"]["message"]
+
+
+def test_mask2polygon_refuses_too_many_contour_vertices_before_tracing(client, tmp_path):
+    i, j = np.indices((1100, 1100))
+    checkerboard = ((i + j) % 2).astype(np.uint8)[:, :, None]  # every voxel a blob: ~2.4 million vertices
+    reply = post(client, "mask2polygon", {}, volume_bytes(checkerboard, tmp_path))
+    assert reply.status_code == 413, reply.get_data(as_text=True)
+    message = reply.get_json()["error"]["message"]
+    assert f"more than {polygons_blueprint.polygons.MAX_VERTICES} vertices" in message and "slice 0" in message
+
+
+def test_both_endpoints_run_in_the_interactive_lane(client, tmp_path):
+    app = client.application
+    saved = app.extensions["aiaa.scheduler"]
+    scheduler = app.extensions["aiaa.scheduler"] = Scheduler(1, 0, 1, 0)  # one slot per lane, no queue
+    mask = volume_bytes(np.zeros(SIZE, np.uint8), tmp_path)
+    try:
+        with scheduler.run("segmentation"):  # the batch lane full: polygon edits do not wait for it
+            assert post(client, "mask2polygon", {}, mask).status_code == 200
+            assert post(client, "fixpolygon", GOOD_2D, mask).status_code == 200
+        with scheduler.run("deepgrow"):  # the interactive lane full: they queue with the clicks (none may wait)
+            for op, params in (("mask2polygon", {}), ("fixpolygon", GOOD_2D)):
+                reply = post(client, op, params, mask)
+                assert reply.status_code == 503 and "Retry-After" in reply.headers
+    finally:
+        app.extensions["aiaa.scheduler"] = saved
+
+
+def test_fixpolygon_memory_is_about_one_byte_per_voxel(client, tmp_path):
+    size = (3000, 2000, 2)  # 12 million voxels
+    triangle = [[[-5.0, -5.0], [1990.0, 10.0], [1000.0, 2990.0]]]  # most of slice 1
+    params = {**GOOD_2D, "poly": triangle, "vertex_offset": [0, 0], "slice_index": 1}
+    data = volume_bytes(np.zeros(size, np.uint8), tmp_path)
+    tracemalloc.start()
+    try:
+        reply = post(client, "fixpolygon", params, data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    _, _, mask = read_multipart(reply, tmp_path)
+    filled = to_array(mask)[:, :, 1].T
+    assert np.array_equal(filled, rasterise([np.asarray(triangle[0])], size[1::-1]))
+    assert filled.sum() > 0.4 * size[0] * size[1]
+    # the mask (1 byte/voxel) and the slice's toggles (0.5 here); the previous fill took ~8 bytes per voxel here
+    assert peak < 2.5 * np.prod(size), f"{peak / np.prod(size):.1f} bytes per voxel"

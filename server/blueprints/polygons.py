@@ -151,8 +151,7 @@ def fixpolygon():
         slice_index = whole_number(params, "slice_index", default=0)
         if slice_index >= size[2]:
             raise BadRequest(
-                f"'slice_index' {slice_index} is out of range: the image has {size[2]} slices "
-                f"(valid 0..{size[2] - 1})."
+                f"'slice_index' {slice_index} is out of range: the image has {size[2]} slices (valid 0..{size[2] - 1})."
             )
         check_vertex(slice_polygons, polygon_index, vertex_index, "'poly'")
         slice_polygons = polygons.fix_polygon(slice_polygons, polygon_index, vertex_index, offset, neighbours)
@@ -196,9 +195,7 @@ def writer_options(params: dict, image_dimension: int) -> tuple[str, str, object
     allowed = (PNG_EXTENSION, *MASK_EXTENSIONS) if image_dimension == 2 else MASK_EXTENSIONS
     if extension not in allowed:
         why = " (a PNG holds one 2D slice; this image is 3D)" if extension == PNG_EXTENSION else ""
-        raise BadRequest(
-            f"Unsupported mask format {describe(extension)}{why}. Choose one of: {', '.join(allowed)}."
-        )
+        raise BadRequest(f"Unsupported mask format {describe(extension)}{why}. Choose one of: {', '.join(allowed)}.")
     dtype = params.get("result_dtype") or "uint8"
     if not isinstance(dtype, str) or len(dtype) > MAX_PARAM_STRING:
         raise BadRequest(f"'result_dtype' must be an integer type name such as \"uint8\"; got {describe(dtype)}.")
@@ -292,27 +289,18 @@ def parse_polygons(value, where: str, budget: VertexBudget) -> list[polygons.Pol
         budget.take(len(polygon) if isinstance(polygon, list) else 1)
     parsed = []
     for index, polygon in enumerate(value):
-        vertices = None
-        if isinstance(polygon, list):
-            try:
-                vertices = np.asarray(polygon)
-            except (TypeError, ValueError, OverflowError):
-                vertices = None
-        if vertices is not None and vertices.size == 0:
-            vertices = vertices.reshape(0, 2)
-        if (
-            vertices is None
-            or vertices.dtype.kind not in "iuf"  # no strings, true/false, null, or numbers beyond 64 bits
-            or vertices.ndim != 2
-            or vertices.shape[1] != 2
-            or not (np.abs(vertices.astype(float)) <= COORDINATE_LIMIT).all()  # also refuses NaN and ±Infinity
-        ):
+        if not isinstance(polygon, list) or not all(is_vertex(vertex) for vertex in polygon):
             raise BadRequest(
                 f"Polygon {index} of {where} is not a list of [row, column] vertices "
                 f"(numbers within ±{COORDINATE_LIMIT:.0f})."
             )
-        parsed.append(vertices.astype(float))
+        parsed.append(np.array(polygon, dtype=float).reshape(len(polygon), 2))
     return parsed
+
+
+def is_vertex(vertex) -> bool:
+    """[row, column]: two plain numbers (no strings, true/false or null), finite and within range."""
+    return isinstance(vertex, list) and len(vertex) == 2 and is_coordinate(vertex[0]) and is_coordinate(vertex[1])
 
 
 def parse_slices(value, slice_count: int, budget: VertexBudget) -> list[list[polygons.Polygon]]:
