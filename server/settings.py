@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,13 @@ class Settings:
     interactive_queue: int = 16  # more may wait; beyond that 503 + Retry-After
     batch_workers: int = 1  # full-volume segmentations at once
     batch_queue: int = 4
+    # Memory all running requests may allocate together (decoded uploads, pipeline grids, masks), on top of
+    # the sessions' images (session_max_bytes) and the models: 12 + 8 GiB fit a 24 GB box. Each running
+    # request may use budget / (interactive_workers + batch_workers); more is a 413 (server/budget.py).
+    # Default from AIAA_MEMORY_BUDGET_MB when set.
+    memory_budget_bytes: int = field(
+        default_factory=lambda: int(float(os.environ.get("AIAA_MEMORY_BUDGET_MB", 12 * 1024)) * 2**20)
+    )
     warm_up: bool = True  # build every engine and infer once before serving
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
