@@ -7,8 +7,9 @@ and then logs the request: click points, voxel excerpts, file paths):
 - every session id (a UUID, wherever it appears: a message, a path, a traceback) becomes `sid-` and a
   keyed hash, the same for one id within one run (its lines can be followed) but not reversible;
 - the admin password and token (`register_secret`) become `***`;
-- a record is capped (`RECORD_LIMIT`, more with a traceback), so no request can push the history out
-  of the rotated files; lines after a record's first are indented, so no value can forge a record.
+- a record is capped (each of its lines at `RECORD_LIMIT`, the whole at that or, with a traceback, at
+  `TRACEBACK_LIMIT`; head and tail kept), so no request can push the history out of the rotated files;
+  lines after a record's first are indented, so no value can forge a record.
 """
 
 from __future__ import annotations
@@ -86,9 +87,10 @@ class SafeFormatter(logging.Formatter):
     """Formats, then redacts, caps and indents the record's continuation lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = redact(super().format(record))
+        lines = redact(super().format(record)).replace("\r", "\\r").split("\n")
+        text = "\n".join(cap(line, RECORD_LIMIT) for line in lines)  # each line, then the whole record
         text = cap(text, TRACEBACK_LIMIT if record.exc_info or record.exc_text else RECORD_LIMIT)
-        return text.replace("\r", "\\r").replace("\n", CONTINUATION)
+        return text.replace("\n", CONTINUATION)
 
 
 def configure_logging(log_dir: Path, level: int = logging.INFO) -> Path:
