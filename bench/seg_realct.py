@@ -26,9 +26,9 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 from lib.evaluation import dice  # noqa: E402
 from lib.trainers.data import REAL_CASES, read_case  # noqa: E402
 from server.imageio import to_array  # noqa: E402
+from server.inference import run_model  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402
 from server.registry import app_model, load_app_models  # noqa: E402
-from server.inference import run_model  # noqa: E402
 
 SPLEEN = 1
 VARIANTS = ("original", "5mm", "7.5mm", "+80HU", "-80HU", "LPS", "oblique")

@@ -64,11 +64,14 @@ def make_phantom(
     spacing: Sequence[float] = (3.0, 3.0, 3.0),
     orientation: str = "RAS",
     noise: float | None = None,
+    contrast: tuple[float, float] | None = None,
 ) -> Phantom:
     """Render the patient of `seed` on a grid of `size` voxels (i, j, k) centred on the abdomen at spleen level.
 
     `orientation` is the nibabel axis code of the written file (or "oblique": RAS turned 15-25 degrees about a
-    tilted axis); `noise` is the noise sigma in HU (default: seeded, 10-30). Same arguments, same arrays.
+    tilted axis); `noise` is the noise sigma in HU (default: seeded, 10-30); `contrast` is (phase, dose) to
+    override the seeded contrast timing (phase 0 late arterial .. 1 portal venous; dose 0 is an unenhanced
+    scan, the seeded doses are 0.7-1.0) with the same anatomy. Same arguments, same arrays.
     """
     shape = tuple(int(n) for n in size)
     steps = np.asarray(spacing, dtype=float)
@@ -78,9 +81,11 @@ def make_phantom(
         raise ValueError(f"spacing must be three positive lengths in mm, got {spacing!r}")
     if noise is not None and not noise >= 0:
         raise ValueError(f"noise must be a non-negative sigma in HU, got {noise!r}")
+    if contrast is not None and not (len(contrast) == 2 and 0 <= contrast[0] <= 1 and 0 <= contrast[1] <= 2):
+        raise ValueError(f"contrast must be (phase 0..1, dose 0..2), got {contrast!r}")
     direction = _direction(orientation, seed)
     matrix = direction * steps  # index step -> mm in LPS: direction @ diag(spacing)
-    offset, parts = _anatomy(np.random.default_rng(seed))
+    offset, parts = _anatomy(np.random.default_rng(seed), contrast)
 
     hu, label = _render(parts, shape, matrix)
     hu = ndimage.gaussian_filter(hu, _BLUR_SIGMA, mode="nearest", truncate=3.0)
@@ -310,10 +315,14 @@ class _Spleen:
     thickness: float
 
 
-def _anatomy(rng: np.random.Generator) -> tuple[Array, list[_Part]]:
-    """The patient of one seed: table offset (patient origin in LPS world, mm) and parts in painting order."""
+def _anatomy(rng: np.random.Generator, timing: tuple[float, float] | None = None) -> tuple[Array, list[_Part]]:
+    """The patient of one seed: table offset (patient origin in LPS world, mm) and parts in painting order.
+
+    `timing` (phase, dose) replaces the seeded contrast after it is drawn, so the anatomy stays the seed's."""
     offset = np.array([rng.uniform(-25, 25), rng.uniform(-60, 20), rng.uniform(-400, 0)])
     contrast = _Contrast(rng.uniform(0.0, 1.0), rng.uniform(0.7, 1.0))
+    if timing is not None:
+        contrast = _Contrast(float(timing[0]), float(timing[1]))
     habitus = rng.uniform(0.0, 1.0)
     a = 150 + 28 * habitus + rng.uniform(0, 2)
     b_ant = 117 + 20 * habitus + rng.uniform(0, 2)

@@ -93,8 +93,9 @@ def test_nifti_axis_codes(tmp_path, orientation):
         angle = np.degrees(np.arccos((np.trace(rotation) - 1) / 2))
         assert 15 <= angle <= 25
         assert np.abs(direction - np.round(direction)).max() > 0.1  # not axis aligned
-        axis = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0],
-                         rotation[1, 0] - rotation[0, 1]])
+        axis = np.array(
+            [rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0], rotation[1, 0] - rotation[0, 1]]
+        )
         assert np.abs(axis / np.linalg.norm(axis)).min() > 0.2  # about a tilted axis
 
 
@@ -170,6 +171,19 @@ def test_spleen_and_liver_contrast_vary_with_phase():
     assert differences.max() > 15  # ... arterial phase: brighter
 
 
+def test_contrast_override_keeps_the_anatomy():
+    """Unenhanced (dose 0) to strong portal-venous (dose 1.6) scans of one patient: training for every phase."""
+    seeded = cached(4, noise=0.0)
+    plain = make_phantom(4, noise=0.0, contrast=(1.0, 0.0))
+    portal = make_phantom(4, noise=0.0, contrast=(1.0, 1.6))
+    np.testing.assert_array_equal(arrays(plain)[1], arrays(seeded)[1])
+    np.testing.assert_array_equal(arrays(portal)[1], arrays(seeded)[1])
+    spleen = {name: arrays(p)[0][arrays(p)[1] == SPLEEN].mean() for name, p in (("plain", plain), ("portal", portal))}
+    liver = arrays(plain)[0][arrays(plain)[1] == LIVER].mean()
+    assert 35 <= spleen["plain"] <= 55 and spleen["plain"] < liver  # unenhanced: spleen darker than the liver
+    assert 125 <= spleen["portal"] <= 160
+
+
 def test_noise_override():
     quiet, _ = arrays(cached(6, orientation="LPS", noise=0.0))
     loud, _ = arrays(cached(6, orientation="LPS", noise=25.0))
@@ -223,5 +237,7 @@ def test_bad_arguments_are_refused(tmp_path):
         make_phantom(0, size=(8, 8, 8), spacing=(1.0, -1.0, 1.0))
     with pytest.raises(ValueError, match="noise"):
         make_phantom(0, size=(8, 8, 8), noise=-1.0)
+    with pytest.raises(ValueError, match="contrast"):
+        make_phantom(0, size=(8, 8, 8), contrast=(0.5, 3.0))
     with pytest.raises(ValueError, match="extension"):
         write_phantom(cached(0, size=(8, 8, 8)), tmp_path, extension=".png")

@@ -20,9 +20,17 @@ ROI_SIZE = (96, 96, 96)
 
 def preprocessing(keys=("image",), modes=("bilinear",)) -> list[Callable]:
     """Orientation, spacing and CT window, the pipeline's grid-changing part (inverted afterwards)."""
+    return [*working_grid(keys, modes), *ct_window()]
+
+
+def working_grid(keys=("image",), modes=("bilinear",)) -> list[Callable]:
+    """RAS at 3 mm: any slice thickness or orientation becomes the grid the network knows."""
+    return [Orientationd(keys=keys, axcodes="RAS"), Spacingd(keys=keys, pixdim=TARGET_SPACING, mode=modes)]
+
+
+def ct_window() -> list[Callable]:
+    """HU to 0..1 (training applies its HU augmentation before this)."""
     return [
-        Orientationd(keys=keys, axcodes="RAS"),
-        Spacingd(keys=keys, pixdim=TARGET_SPACING, mode=modes),
         ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
         EnsureTyped(keys="image", dtype="float32"),
     ]

@@ -27,14 +27,30 @@ def fit(
     epochs: int,
     steps_per_epoch: int,
     learning_rate: float = 2e-3,
+    checkpoint: Path | None = None,
+    time_limit_s: float | None = None,
 ) -> dict:
-    """Train with Dice+CE on 2-class logits; keep the weights of the best validation Dice at `model_path`."""
+    """Train with Dice+CE on 2-class logits; keep the weights of the best validation Dice at `model_path`.
+
+    With `checkpoint`, the whole state (weights, optimiser, schedule, best score, history) is saved there
+    after every epoch and a run resumes from it, so a long training spans several sittings; `time_limit_s`
+    ends this sitting after the first epoch that passes it (the report then has `"finished": False`).
+    """
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    best, history, started = -1.0, [], time.time()
-    for epoch in range(1, epochs + 1):
+    best, history, started, first = -1.0, [], time.time(), 1
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best, history, first = state["best"], state["history"], state["epoch"] + 1
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed from {checkpoint} after epoch {state['epoch']} (best validation Dice {best:.4f})", flush=True)
+    finished = True
+    for epoch in range(first, epochs + 1):
         losses = []
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", leave=False):
             inputs, targets = next_batch(network)
@@ -53,7 +69,22 @@ def fit(
         if dice > best:
             best = dice
             torch.save(network.state_dict(), model_path)
-    return {"best_val_dice": best, "epochs": epochs, "seconds": round(time.time() - started, 1), "history": history}
+        if checkpoint is not None:
+            state = {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                     "scheduler": scheduler.state_dict(), "best": best, "history": history,
+                     "torch_rng": torch.get_rng_state()}  # fmt: skip
+            torch.save(state, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)
+        if time_limit_s is not None and time.time() - started > time_limit_s and epoch < epochs:
+            finished = False
+            break
+    return {
+        "best_val_dice": best,
+        "epochs": epochs,
+        "seconds": round(time.time() - started, 1),
+        "history": history,
+        "finished": finished,
+    }
 
 
 def dice_score(logits: torch.Tensor, target: torch.Tensor) -> float:

@@ -1,11 +1,21 @@
-"""Train segmentation_spleen on synthetic phantoms (default) or an MSD Task09 folder.
+"""Train segmentation_spleen on phantoms and real CTs, for any slice thickness and contrast phase.
 
-The training pipeline reuses the inference pre-processing (`lib.infers.segmentation_spleen`) so
-both see the same grid and intensities; only random crops and intensity jitter are added.
+The training pipeline reuses the inference grid (`lib.infers.segmentation_spleen`: RAS, 3 mm, CT window) so
+both see the same voxels. Between the grid and the window come the augmentations real CT needs: HU shift
+and scale (contrast phase, calibration), and after the crop thick slices (1–8 mm series) and noise.
+Phantoms span every contrast phase (unenhanced to strong portal-venous); the real CTs of ../shared/data
+(TotalSegmentator masks, label 1 spleen) are drawn as often as a third of the phantoms together.
+
+    .venv/bin/python -m lib.trainers.segmentation_spleen --output FILE [--holdout example_ct] [--init FILE]
+        [--epochs 24 --steps 40 --time-limit-min 45]     (run from apps/spleen; resumes from FILE.ckpt)
+
+`aiaa train segmentation_spleen` runs the same with every real CT and no warm start.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,21 +26,29 @@ from monai.transforms import (
     Compose,
     LabelFilterd,
     RandCropByPosNegLabeld,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
+    RandGaussianNoised,
     SpatialPadd,
 )
 from monai.utils import set_determinism
 
-from lib.infers.segmentation_spleen import ROI_SIZE, preprocessing
+from lib.infers.segmentation_spleen import ROI_SIZE, TARGET_SPACING, ct_window, working_grid
 from lib.networks import segmentation_network
 from lib.transforms import LoadImageOrTensord
+from server.imageio import to_metatensor
 
-from .data import VALIDATION_SEED_OFFSET, msd_items, phantom_items
+from .augment import RandHUShiftScaled, RandThickSlicesd
+from .data import REAL_CASES, VALIDATION_SEED_OFFSET, msd_items, phantom_items, read_case
 from .loop import dice_score, fit
 
 PATCH = (64, 64, 64)
-SPLEEN = 1  # spleen label value in the phantoms and in MSD Task09
+SPLEEN = 1  # spleen label value in the phantoms, in MSD Task09 and in TotalSegmentator's masks
+SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
+REAL_SHARE = 0.25  # of the samples drawn, about this many come from the real CTs
+
+
+def scan_name(image_name: str) -> str:
+    """example_ct, example_ct_dicom: the names --holdout takes."""
+    return Path(image_name).name.removesuffix(".nii.gz")
 
 
 def train(
@@ -42,33 +60,57 @@ def train(
     num_train: int = 32,
     num_val: int = 6,
     seed: int = 0,
+    shared_data: Path | None = SHARED_DATA,
+    holdout: tuple[str, ...] = (),
+    init: Path | None = None,
+    time_limit_s: float | None = None,
 ) -> dict:
-    """Train, keep the best validation checkpoint at `model_path`, and return the run's figures."""
+    """Train, keep the best validation checkpoint at `model_path`, and return the run's figures.
+
+    `holdout`: real scans (by `scan_name`) kept out of training; each epoch prints their Dice (information
+    only: the best epoch is chosen on validation phantoms). Resumes from `model_path` + `.ckpt`.
+    """
     set_determinism(seed)
     rng = np.random.default_rng(seed)
     if data_dir is None:
-        train_items = phantom_items(range(seed, seed + num_train), rng)
-        val_items = phantom_items(range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), rng)
+        train_items = phantom_items(range(seed, seed + num_train), rng, varied_contrast=True)
+        val_items = phantom_items(
+            range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), rng, varied_contrast=True
+        )
     else:
         items = msd_items(Path(data_dir))
         split = max(1, len(items) // 5)
         train_items, val_items = items[split:], items[:split]
+    real, held_out = [], []
+    if shared_data is not None and shared_data.is_dir():
+        for image_name, label_name in REAL_CASES:
+            if (shared_data / image_name).exists() and (shared_data / label_name).exists():
+                image, label = read_case(shared_data, image_name, label_name)
+                item = {"image": to_metatensor(image), "label": to_metatensor(label)}
+                (held_out if scan_name(image_name) in holdout else real).append((scan_name(image_name), item))
+    if real:
+        repeat = max(1, round(REAL_SHARE * len(train_items) / ((1 - REAL_SHARE) * len(real))))
+        train_items = train_items + [item for _, item in real] * repeat
+    print(f"training on {len(train_items)} items: real {[n for n, _ in real]}, held out {[n for n, _ in held_out]}")
 
-    deterministic = [
+    grid = [
         LoadImageOrTensord(keys=("image", "label")),
-        *preprocessing(keys=("image", "label"), modes=("bilinear", "nearest")),
+        *working_grid(keys=("image", "label"), modes=("bilinear", "nearest")),
         LabelFilterd(keys="label", applied_labels=[SPLEEN]),
     ]
-    random = [
+    augment = [
+        RandHUShiftScaled(keys="image", shift=80.0, scale=0.15, prob=0.8),
+        *ct_window(),
         SpatialPadd(keys=("image", "label"), spatial_size=PATCH),
         RandCropByPosNegLabeld(
             keys=("image", "label"), label_key="label", spatial_size=PATCH, pos=2, neg=1, num_samples=2
         ),
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        RandThickSlicesd(keys="image", spacing=TARGET_SPACING[2], thickness=(3.0, 8.0), prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.3, std=0.04),
     ]
-    train_ds = CacheDataset(train_items, Compose(deterministic + random), progress=False)
-    val_ds = CacheDataset(val_items, Compose(deterministic), progress=False)
+    train_ds = CacheDataset(train_items, Compose(grid + augment), progress=False)
+    val_ds = CacheDataset(val_items, Compose(grid + ct_window()), progress=False)
+    held_ds = CacheDataset([item for _, item in held_out], Compose(grid + ct_window()), progress=False)
     loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=0)
     batches = iter(loader)
 
@@ -81,13 +123,58 @@ def train(
             batch = next(batches)
         return batch["image"], batch["label"]
 
-    def validate(network) -> float:
-        scores = [
-            dice_score(
-                sliding_window_inference(item["image"][None], ROI_SIZE, 1, network, overlap=0.25), item["label"][None]
-            )
-            for item in val_ds
-        ]
-        return float(np.mean(scores))
+    def dice_on(network, item) -> float:
+        logits = sliding_window_inference(item["image"][None], ROI_SIZE, 1, network, overlap=0.25)
+        return dice_score(logits, item["label"][None])
 
-    return fit(segmentation_network(), next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    def validate(network) -> float:
+        if held_ds:
+            scores = ", ".join(
+                f"{name} {dice_on(network, item):.3f}" for (name, _), item in zip(held_out, held_ds, strict=True)
+            )
+            print(f"  held-out real CT Dice (working grid, not used for selection): {scores}", flush=True)
+        return float(np.mean([dice_on(network, item) for item in val_ds]))
+
+    network = segmentation_network()
+    if init is not None:
+        network.load_state_dict(torch.load(init, weights_only=True))
+    return fit(
+        network,
+        next_batch,
+        validate,
+        model_path,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        checkpoint=model_path.with_suffix(".ckpt"),
+        time_limit_s=time_limit_s,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--holdout", default="", help="real scans kept out, comma separated (example_ct, ...)")
+    parser.add_argument("--init", type=Path, help="warm start from these weights")
+    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--time-limit-min", type=float, help="stop this sitting after the epoch that passes it")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    report = train(
+        args.output,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        seed=args.seed,
+        shared_data=args.shared_data,
+        holdout=tuple(h for h in args.holdout.split(",") if h),
+        init=args.init,
+        time_limit_s=args.time_limit_min * 60 if args.time_limit_min else None,
+    )
+    print({k: v for k, v in report.items() if k != "history"})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
