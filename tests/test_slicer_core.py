@@ -26,17 +26,20 @@ from AIAASegmentLib import (  # noqa: E402
     Client,
     GeometryMismatch,
     ServerBusy,
+    ServerUnreachable,
     SessionCache,
     SessionExpired,
     Volume,
     check_mask_geometry,
     compact_labels,
     ijk_to_world,
+    is_sheared,
     label_names,
     matrix_in_frame,
     nearest_voxel,
     normalise_url,
     read_nifti,
+    refuse_sheared,
     remember_url,
     segments_in_mask,
     validate_clicks,
@@ -110,6 +113,27 @@ def test_matrix_in_frame_places_a_labelmap_under_another_transform():
     )
 
 
+def shear(degrees: float) -> np.ndarray:
+    m = np.eye(4)
+    m[1, 2] = np.tan(np.radians(degrees))  # slices shifted in y along k: a tilted gantry
+    return m
+
+
+def test_a_sheared_grid_is_told_from_an_oblique_one_and_float_noise(phantom_geometry, tmp_path):
+    _, affine = phantom_geometry
+    assert not is_sheared(affine) and not is_sheared(parent_transform() @ affine)
+    assert not is_sheared(affine + np.random.default_rng(0).normal(0, 1e-6, (4, 4)) * [1, 1, 1, 0])
+    tilted = shear(15) @ affine
+    assert is_sheared(tilted) and is_sheared(shear(0.05) @ affine)
+    refuse_sheared(affine)
+    with pytest.raises(BadInput, match="'CT 3' has a sheared voxel grid.*Resample"):
+        refuse_sheared(tilted, "'CT 3'")
+    # why: a server's reader (ITK) takes the right-angled qform, so the grid comes back on other axes
+    path = tmp_path / "tilted.nii.gz"
+    path.write_bytes(write_nifti(np.zeros(SHAPE, np.int16), tilted))
+    assert not np.allclose(ras_affine(sitk.ReadImage(str(path))), tilted, atol=1e-3)
+
+
 def test_world_matrix_refuses_non_4x4():
     with pytest.raises(ValueError, match="4x4"):
         world_matrix(np.eye(3))
@@ -173,6 +197,28 @@ def test_session_cache_keeps_the_latest_volumes():
     for n, volume in enumerate(volumes):
         cache.put(volume, f"s{n}")
     assert cache.get(volumes[0]) is None and cache.session_ids() == ["s1", "s2"]
+    assert cache.take_superseded() == ["s0"] and cache.take_superseded() == []  # handed out once
+
+
+def test_a_newer_export_of_the_same_volume_supersedes_its_session():
+    cache = SessionCache()
+    first = Volume(np.zeros((2, 2, 2), np.int16), np.eye(4), source="vtkMRMLScalarVolumeNode1")
+    clone = Volume(first.voxels.copy(), np.eye(4), source="vtkMRMLScalarVolumeNode2")  # same content
+    other = Volume(np.ones((2, 2, 2), np.int16), np.eye(4), source="vtkMRMLScalarVolumeNode3")
+    cache.put(first, "s1")
+    cache.put(other, "s3")
+    assert cache.get(clone) == "s1"  # same content: the upload is shared
+    edited = Volume(first.voxels + 2, np.eye(4), source="vtkMRMLScalarVolumeNode1")
+    cache.put(edited, "s2")
+    assert cache.take_superseded() == ["s1"] and cache.session_ids() == ["s3", "s2"]
+    cache.put(edited, "s4")  # the same content uploaded twice (two requests at once): one is kept
+    assert cache.take_superseded() == ["s2"] and cache.get(edited) == "s4"
+    cache.forget(edited)  # the server lost it: nothing to delete
+    assert cache.take_superseded() == [] and cache.session_ids() == ["s3"]
+    unnamed = Volume(np.full((2, 2, 2), 5, np.int16), np.eye(4))
+    cache.put(unnamed, "s5")
+    cache.put(Volume(unnamed.voxels + 1, np.eye(4)), "s6")  # no source: nothing known to be superseded
+    assert cache.take_superseded() == [] and cache.session_ids() == ["s3", "s5", "s6"]
 
 
 # ------------------------------------------------------------------------------------------ labels
@@ -316,14 +362,17 @@ def mask_reply(volume: Volume, params: dict) -> requests.Response:
 
 
 class ScriptedHttp:
-    """Answers requests in order from a script; records (method, path, query) of each."""
+    """Answers requests in order from a script (an exception in it is raised); records (method, path, query)."""
 
-    def __init__(self, *replies: requests.Response):
+    def __init__(self, *replies: requests.Response | Exception):
         self.replies, self.calls = list(replies), []
 
     def request(self, method, url, params=None, **kwargs):
         self.calls.append((method, url.split("//", 1)[1].split("/", 1)[1], params))
-        return self.replies.pop(0)
+        answer = self.replies.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 @pytest.fixture
@@ -372,3 +421,57 @@ def test_non_multipart_reply_is_refused(small_volume):
     http = ScriptedHttp(reply(200, b"<html>proxy login</html>", "text/html"))
     with pytest.raises(AIAAError, match="instead of a mask"):
         Client("http://aiaa", use_sessions=False, http=http).segment("spleen", small_volume)
+
+
+def session(session_id: str) -> requests.Response:
+    return reply(200, f'{{"session_id": "{session_id}"}}'.encode())
+
+
+@pytest.mark.parametrize(
+    "delete_answer",
+    [reply(200), error(404, "unknown"), error(440, "expired"), error(500, "bug"), requests.ConnectionError("down")],
+)
+def test_superseded_sessions_are_deleted_after_the_next_answer(small_volume, delete_answer):
+    first = Volume(small_volume.voxels, small_volume.ijk_to_ras, source="node1")
+    edited = Volume(small_volume.voxels + 1, small_volume.ijk_to_ras, source="node1")
+    http = ScriptedHttp(session("s1"), mask_reply(first, {}), session("s2"), mask_reply(edited, {}), delete_answer,
+                        mask_reply(edited, {}))
+    client = Client("http://aiaa", http=http)
+    client.segment("spleen", first)
+    result = client.segment("spleen", edited)  # whatever the DELETE answers, the user's step succeeds
+    assert result.mask.shape == edited.shape
+    assert [c[:2] for c in http.calls[2:]] == [("PUT", "session/"), ("POST", "v1/segmentation"),
+                                              ("DELETE", "session/s1")]
+    client.segment("spleen", edited)
+    assert http.calls[-1][:2] == ("POST", "v1/segmentation")  # deleted (or given up on) once
+
+
+def test_delete_session_tolerates_a_session_already_gone_only():
+    for status in (404, 440):
+        Client("http://aiaa", http=ScriptedHttp(error(status, "gone"))).delete_session("s1")
+    with pytest.raises(AIAAError, match="HTTP 500"):
+        Client("http://aiaa", http=ScriptedHttp(error(500, "bug"))).delete_session("s1")
+    with pytest.raises(ServerUnreachable):
+        Client("http://aiaa", http=ScriptedHttp(requests.ConnectionError("down"))).delete_session("s1")
+
+
+def test_superseded_sessions_wait_while_the_server_fails(small_volume):
+    first = Volume(small_volume.voxels, small_volume.ijk_to_ras, source="node1")
+    edited = Volume(small_volume.voxels + 1, small_volume.ijk_to_ras, source="node1")
+    http = ScriptedHttp(session("s1"), mask_reply(first, {}), session("s2"), error(503, "loading"))
+    client = Client("http://aiaa", http=http)
+    client.segment("spleen", first)
+    with pytest.raises(ServerBusy):
+        client.segment("spleen", edited)
+    http.replies = [mask_reply(edited, {}), reply(200)]
+    client.segment("spleen", edited)
+    assert [c[:2] for c in http.calls[-2:]] == [("POST", "v1/segmentation"), ("DELETE", "session/s1")]
+
+
+@pytest.mark.parametrize("use_sessions", [True, False])
+def test_a_sheared_volume_is_refused_before_upload(small_volume, use_sessions):
+    http = ScriptedHttp()
+    tilted = Volume(small_volume.voxels, shear(15) @ small_volume.ijk_to_ras)
+    with pytest.raises(BadInput, match="sheared voxel grid"):
+        Client("http://aiaa", use_sessions=use_sessions, http=http).segment("spleen", tilted)
+    assert http.calls == []

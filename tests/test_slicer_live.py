@@ -1,12 +1,14 @@
 """The Slicer extension's core client against a real server process: auto-segmentation, extreme points and
 deepgrow on a phantom placed under a parent transform (world clicks → IJK → mask on the right voxels),
-one upload for many clicks, and one re-upload after the server forgot the session.
+one upload for many clicks, one re-upload after the server forgot the session, and superseded sessions
+deleted on the server.
 
 A test whose model the server does not serve yet (weights not trained) is skipped, saying so.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from AIAASegmentLib import (  # noqa: E402
     Client,
     ModelNotFound,
     ServerUnreachable,
+    SessionCache,
     Volume,
     ijk_to_world,
     label_names,
@@ -182,3 +185,35 @@ def test_without_sessions_each_request_carries_the_volume(live_server, served, c
     for _ in range(2):
         assert dice(client.segment(model.name, volume).mask, truth) >= MIN_DICE
     assert (http.session_uploads, http.file_posts) == (0, 2)
+
+
+def test_superseded_sessions_are_deleted_on_the_server(live_server, served, case):
+    model = need(served, "deepgrow_3d")
+    volume, truth = case
+    click = [centre_click(truth)]
+
+    def export(change: int, source: str) -> Volume:
+        """The volume as Slicer exports node `source` after a voxel edit of `change`."""
+        voxels = volume.voxels.copy()
+        voxels[0, 0, 0] += change
+        return Volume(voxels, volume.ijk_to_ras, volume.parent_to_world, source=source)
+
+    def gone(session_id: str) -> bool:
+        held = requests.get(f"{live_server.url}/session/{session_id}", timeout=30).status_code
+        inferred = requests.post(f"{live_server.url}/v1/deepgrow", params={"model": model.name,
+                                 "session_id": session_id}, files={"params": (None, json.dumps(
+                                     {"foreground": click, "background": []}))}, timeout=60).status_code
+        return (held, inferred) == (404, 440)
+
+    client = Client(live_server.url, sessions=SessionCache(capacity=2))
+    client.deepgrow(model.name, export(0, "node1"), click, [])
+    before_edit = client.sessions.session_ids()[0]
+    assert not gone(before_edit)
+    client.deepgrow(model.name, export(1, "node1"), click, [])  # the user edited a voxel of node1
+    after_edit = client.sessions.session_ids()[0]
+    assert gone(before_edit) and not gone(after_edit)
+
+    for change, source in ((2, "node2"), (3, "node3")):  # two other volumes push node1's out of a 2-entry list
+        assert on_target(client.deepgrow(model.name, export(change, source), click, []).mask, truth, click[0])
+    assert gone(after_edit) and len(client.sessions.session_ids()) == 2
+    assert not any(gone(session_id) for session_id in client.sessions.session_ids())
