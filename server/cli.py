@@ -77,10 +77,27 @@ def serve(args: argparse.Namespace) -> None:
     import waitress
 
     from .app import create_app
-    from .auth import load_credentials
     from .logs import configure_logging
 
-    settings = Settings(
+    settings = settings_from_args(args)
+    log_file = configure_logging(settings.log_dir)
+    return_large_buffers_to_the_os()  # a process-wide C library setting: set once, where the process starts
+    app = create_app(settings)
+    logger.info(
+        "AIAA server on http://%s:%d (model repo %s, log %s)",
+        settings.host,
+        settings.port,
+        settings.model_repo.resolve(),
+        log_file.resolve(),
+    )
+    waitress.serve(app, host=settings.host, port=settings.port, **waitress_options(settings))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """`aiaa serve`'s flags (and the admin credentials from the environment or --admin-config) as Settings."""
+    from .auth import load_credentials
+
+    return Settings(
         host=args.host,
         port=args.port,
         model_repo=args.model_repo,
@@ -114,17 +131,6 @@ def serve(args: argparse.Namespace) -> None:
             max_ratio=args.archive_max_ratio,
         ),
     )
-    log_file = configure_logging(settings.log_dir)
-    return_large_buffers_to_the_os()  # a process-wide C library setting: set once, where the process starts
-    app = create_app(settings)
-    logger.info(
-        "AIAA server on http://%s:%d (model repo %s, log %s)",
-        settings.host,
-        settings.port,
-        settings.model_repo.resolve(),
-        log_file.resolve(),
-    )
-    waitress.serve(app, host=settings.host, port=settings.port, **waitress_options(settings))
 
 
 def split_list(value: str) -> tuple[str, ...]:

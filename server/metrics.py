@@ -55,8 +55,6 @@ class RequestLabels:
         return int(self.status) >= 400
 
 
-
-
 class ServerStateCollector(Collector):
     """Gauges read at scrape time from the live registry and session store (nothing to keep in sync)."""
 

@@ -194,6 +194,7 @@ COMPONENTS = {
     "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}, "bearer": {"type": "http", "scheme": "bearer"}},
 }
 
+
 def openapi_path(rule: Rule) -> tuple[str, list[dict]]:
     """`/session/<session_id>` → `/session/{session_id}` and its path parameters."""
     params = []

@@ -5,7 +5,8 @@ controls that it then points at 127.0.0.1 or at a server on the hospital network
 and read the replies as same-origin. The Host header still carries that name, so a request whose Host
 is not in the list gets 421. The list defaults to the loopback names on a loopback bind (where such
 pages are the threat and the clients use 127.0.0.1 or localhost) and to any name elsewhere; `*` allows
-any. A name that starts with a dot also allows its subdomains.
+any. A name that starts with a dot also allows its subdomains. The loopback names are always allowed
+(no rebinding page can send them, and the container's health check uses them).
 
 CORS: no reply carries `Access-Control-Allow-Origin` unless the request's `Origin` is listed (or the
 list is `*`): by default no other site's script can read a reply. A request with a body or side effect
@@ -47,7 +48,7 @@ def effective_allowed_hosts(settings: Settings) -> tuple[str, ...]:
     if ANY in names:
         return ()
     if names:
-        return names
+        return names + LOOPBACK_NAMES  # the container's health check and local tools call 127.0.0.1
     return LOOPBACK_NAMES if is_loopback(settings.host) else ()
 
 
