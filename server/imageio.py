@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import math
 import operator
 import os
 import re
@@ -32,6 +33,7 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import nibabel as nib
 import numpy as np
@@ -39,6 +41,7 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -70,7 +73,7 @@ _SEND_INSTEAD = (
     "(.dcm files or a .zip of them)."
 )
 
-_HEADER_SCAN_BYTES = 64 * 1024  # MetaImage / NRRD headers are a few hundred bytes; 64 KiB is generous
+_HEADER_SCAN_BYTES = 1024 * 1024  # MetaImage / NRRD headers are a few hundred bytes (segmentations' a few KB)
 _ZIP_SLACK_BYTES = 256 * 1024 * 1024  # DICOM headers, overlays, odd extra files on top of the pixels
 _GZIP_TRAILING_BYTES = 16 * 1024 * 1024  # tolerated junk after a NIfTI's pixel data before we stop reading
 _CHUNK = 1024 * 1024
@@ -125,7 +128,11 @@ def image_extension(filename: str) -> str:
 
 
 def read_image(
-    paths: Sequence[Path], *, max_voxels: int = DEFAULT_MAX_VOXELS, max_files: int = DEFAULT_MAX_FILES
+    paths: Sequence[Path],
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    max_files: int = DEFAULT_MAX_FILES,
+    ledger: Ledger | None = None,
 ) -> sitk.Image:
     """Read an upload into one image, turning every kind of bad input into a 4xx `ApiError`.
 
@@ -133,8 +140,11 @@ def read_image(
     single DICOM series inside; several files are a DICOM series (each must be DICOM: `.dcm` or the
     `DICM` signature); a single DICOM file is a one-file series. The extension is taken from the file
     names on disk, so the caller must keep the client's basename (see `upload_basename`).
-    `max_voxels` is checked from the header before pixel data is decoded; `max_files` caps the
-    number of DICOM files and of ZIP members.
+    `max_voxels` is checked from the header before pixel data is decoded, and the decoded bytes are
+    charged to `ledger` (the request's memory budget, `server.budget`) at the same point; `max_files` caps
+    the number of DICOM files and of ZIP members. Every image must hold its own pixels: a header that
+    names another file is refused whatever that file is (no file outside the upload is ever opened), and
+    a sheared or degenerate geometry is refused for every format alike.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -149,14 +159,14 @@ def read_image(
         path = paths[0]
         ext = image_extension(path.name)
         if ext == ".zip":
-            return _read_zip(path, max_voxels=max_voxels, max_files=max_files)
+            return _read_zip(path, max_voxels=max_voxels, max_files=max_files, ledger=ledger)
         if ext in _VOLUME_FORMATS:
-            return _read_volume(path, ext, max_voxels=max_voxels)
+            return _read_volume(path, ext, max_voxels=max_voxels, ledger=ledger)
         if ext == ".dcm" or _has_dicom_signature(path):
             with tempfile.TemporaryDirectory(prefix="aiaa-dicom-") as tmp:
                 _link_or_copy(path, Path(tmp) / "00000.dcm")
                 return _read_dicom_dir(
-                    Path(tmp), f"'{path.name}'", [path.name], max_voxels=max_voxels, all_dicom=True
+                    Path(tmp), f"'{path.name}'", [path.name], max_voxels=max_voxels, all_dicom=True, ledger=ledger
                 )
         raise UnsupportedMediaType(_unsupported_message(ext, path.name))
 
@@ -172,7 +182,7 @@ def read_image(
             _link_or_copy(path, Path(tmp) / f"{n:05d}.dcm")
         source = f"the {len(paths)} uploaded DICOM files"
         return _read_dicom_dir(
-            Path(tmp), source, [p.name for p in images], max_voxels=max_voxels, all_dicom=True
+            Path(tmp), source, [p.name for p in images], max_voxels=max_voxels, all_dicom=True, ledger=ledger
         )
 
 
@@ -219,13 +229,15 @@ def _itk_error(exc: RuntimeError, name: str, format_name: str) -> BadRequest:
     return _damaged(name, format_name)
 
 
-def _read_volume(path: Path, ext: str, *, max_voxels: int) -> sitk.Image:
+def _read_volume(path: Path, ext: str, *, max_voxels: int, ledger: Ledger | None) -> sitk.Image:
     format_name, image_io = _VOLUME_FORMATS[ext]
     name = path.name
     if ext == ".mha":
         _check_metaimage_is_local(path, name)
     elif ext == ".nrrd":
         _check_nrrd_is_attached(path, name)
+    elif format_name == "NIfTI":
+        _check_nifti_is_single_file(path, name)
 
     reader = sitk.ImageFileReader()
     reader.SetImageIO(image_io)
@@ -235,6 +247,8 @@ def _read_volume(path: Path, ext: str, *, max_voxels: int) -> sitk.Image:
     except RuntimeError as exc:
         raise _itk_error(exc, name, format_name) from None
     _check_voxels(reader.GetSize(), max_voxels)
+    _check_geometry(reader, f"'{name}'", format_name)
+    _charge(ledger, reader.GetSize(), reader)
 
     with tempfile.TemporaryDirectory(prefix="aiaa-read-") as tmp:
         if format_name == "NIfTI":
@@ -245,44 +259,137 @@ def _read_volume(path: Path, ext: str, *, max_voxels: int) -> sitk.Image:
             raise _itk_error(exc, name, format_name) from None
 
 
+class Ledger(Protocol):
+    """A request's memory budget (`server.budget.MemoryLedger`): charged before pixels are decoded."""
+
+    def charge(self, nbytes: int, what: str) -> None: ...
+
+
+def _pixel_bytes(size: Sequence[int], info: sitk.ImageFileReader) -> int:
+    """Bytes of the decoded pixels of an image whose header `info` read (native type, all components)."""
+    components = max(1, info.GetNumberOfComponents())
+    probe = sitk.Image([1] * max(2, len(size)), info.GetPixelID(), components)
+    return int(np.prod([int(n) for n in size], dtype=object)) * probe.GetSizeOfPixelComponent() * components
+
+
+def _charge(ledger: Ledger | None, size: Sequence[int], info: sitk.ImageFileReader) -> None:
+    if ledger is not None:
+        dims = "×".join(str(int(n)) for n in size)
+        ledger.charge(_pixel_bytes(size, info), f"the decoded {dims} image")
+
+
+_ORTHONORMAL_TOLERANCE = 1e-3  # scanners' direction cosines are orthogonal to ~1e-6; ITK's NIfTI check is 1e-4
+
+
+def _check_geometry(info: sitk.ImageFileReader, source: str, format_name: str) -> None:
+    """The same geometry rules for every format, from the header: positive finite spacing, finite origin,
+    an orthonormal direction (ITK's NIfTI reader refuses shear; its NRRD, MetaImage and DICOM readers do
+    not, and models would then resample onto a wrong or degenerate grid)."""
+    dim = len(info.GetSize())
+    spacing = np.array(info.GetSpacing(), dtype=float)
+    origin = np.array(info.GetOrigin(), dtype=float)
+    direction = np.array(info.GetDirection(), dtype=float).reshape(dim, dim)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all() and np.isfinite(origin).all()):
+        raise BadRequest(
+            f"Could not read {source} as {format_name}: its voxel spacing or origin is zero, negative or not a "
+            "number, which cannot be used. Re-save the image with a proper geometry."
+        )
+    if not np.isfinite(direction).all() or np.abs(direction.T @ direction - np.eye(dim)).max() > _ORTHONORMAL_TOLERANCE:
+        raise BadRequest(
+            f"Could not read {source} as {format_name}: its orientation matrix is sheared or degenerate, "
+            "which cannot be used. Re-save the image with a proper orientation."
+        )
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+"""Where ITK's readers end a header line: at \n, \r\n or a bare \r (teem's `airOneLine`)."""
+
+_DATA_FILE = re.compile(rb"(?i)data[\s_]*file")
+"""Any spelling of a data-file key (NRRD `data file`/`datafile`, MetaImage `ElementDataFile`)."""
+
+_METAIMAGE_LOCAL = re.compile(rb"[ \t]*ElementDataFile[ \t]*[=:][ \t]*(?i:local)[ \t]*\r?\n")
+
+# NRRD header fields (teem's `nrrdField`, spaces removed, lower case) that hold no reference to a file.
+_NRRD_FIELDS = frozenset(
+    "content number type blocksize dimension space spacedimension sizes spacings thicknesses axismins "
+    "axismaxs spacedirections centers centerings kinds labels units min max oldmin oldmax endian encoding "
+    "lineskip byteskip sampleunits spaceunits spaceorigin measurementframe".split()
+)
+
+
+def _separate_data(name: str, format_name: str, single: str) -> BadRequest:
+    """One message for every header that names another file, whether that file exists or not (no oracle)."""
+    return BadRequest(
+        f"The {format_name} file '{name}' refers to a separate data file; send a single {single} file with the "
+        "pixel data inside."
+    )
+
+
 def _check_metaimage_is_local(path: Path, name: str) -> None:
     """A MetaImage header names its data file (`ElementDataFile`); only `LOCAL` (inside the .mha) is safe.
 
-    Anything else would make ITK read a file of the server's choosing, e.g. `/etc/passwd` or another
-    patient's upload.
+    Anything else (a path, `LIST`, a `%d` pattern) would make ITK read files of the client's choosing,
+    e.g. `/etc/shadow` or another patient's upload. MetaIO stops its header at the first `ElementDataFile`,
+    so the first mention of a data file in any spelling must be exactly that key, at the start of a line,
+    set to LOCAL; a bare carriage return (read differently by MetaIO's key and value parsers) is refused.
     """
     with open(path, "rb") as f:
         head = f.read(_HEADER_SCAN_BYTES)
-    for line in head.splitlines():
-        key, sep, value = line.partition(b"=")
-        if sep and key.strip() == b"ElementDataFile":
-            if value.strip().upper() != b"LOCAL":
-                raise BadRequest(
-                    f"The MetaImage file '{name}' refers to a separate data file; send a single .mha "
-                    "file with the pixel data inside."
-                )
-            return
-    raise _damaged(name, "MetaImage")
+    mention = _DATA_FILE.search(head)
+    if mention is None:
+        raise _damaged(name, "MetaImage")
+    line_start = max(head.rfind(b"\n", 0, mention.start()), head.rfind(b"\r", 0, mention.start())) + 1
+    header = head[:line_start]
+    if b"\0" in header or re.search(rb"\r(?!\n)", header):
+        raise _damaged(name, "MetaImage")
+    if not _METAIMAGE_LOCAL.match(head, line_start):
+        raise _separate_data(name, "MetaImage", ".mha")
 
 
 def _check_nrrd_is_attached(path: Path, name: str) -> None:
-    """A NRRD header may name a detached data file (`data file:`); refuse it, as for MetaImage."""
+    """A NRRD header may name detached data (`data file:` a path, `LIST` or a `%d` pattern); refuse it.
+
+    The header is split into lines as ITK's teem reader splits it (any line ending) and must end (an
+    empty line) within the scanned bytes; every line must be a comment, a `key:=value` pair or a known
+    field that holds no file name, and no line may mention a data file in any spelling.
+    """
     with open(path, "rb") as f:
         head = f.read(_HEADER_SCAN_BYTES)
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    for n, line in enumerate(lines):
-        if not line.strip():
-            return  # end of header
-        if n == len(lines) - 1 and len(head) == _HEADER_SCAN_BYTES:
-            break  # header longer than any real one
-        field = line.split(b":", 1)[0].strip().lower()
-        if field in (b"data file", b"datafile"):
-            raise BadRequest(
-                f"The NRRD file '{name}' refers to a separate data file; send a single .nrrd file with "
-                "the pixel data inside."
-            )
-    if len(head) == _HEADER_SCAN_BYTES:
+    lines = _LINE_END.split(head)
+    if not lines[0].startswith(b"NRRD"):
         raise _damaged(name, "NRRD")
+    for n, line in enumerate(lines[1:-1], 1):  # the last piece may be cut by the scan limit
+        if line == b"":
+            return  # end of header: the pixel data follows
+        if _DATA_FILE.search(line) or b"\0" in line:
+            raise _separate_data(name, "NRRD", ".nrrd")
+        if line.startswith(b"#"):
+            continue
+        key, sep, _ = line.partition(b":")
+        if sep and line[len(key) + 1 : len(key) + 2] == b"=":
+            continue  # key:=value
+        if re.sub(rb"\s", b"", key.lower()).decode("latin-1") not in _NRRD_FIELDS:
+            raise BadRequest(
+                f"The NRRD file '{name}' has a header line that is not a NRRD field this server reads "
+                f"(line {n + 1}); send a standard .nrrd file with the pixel data inside."
+            )
+    raise _damaged(name, "NRRD")  # no end of header where a real one ends
+
+
+def _check_nifti_is_single_file(path: Path, name: str) -> None:
+    """A NIfTI must be one file (`n+1`/`n+2` magic); an Analyze or NIfTI `.hdr` names an `.img` beside it."""
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error):
+        raise _damaged(name, "NIfTI") from None
+    if len(head) >= 348 and head[344:348] in (b"ni1\x00", b"ni2\x00"):
+        raise _separate_data(name, "NIfTI", ".nii or .nii.gz")
+    if len(head) >= 348 and 348 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
+        if head[344:348] != b"n+1\x00":
+            raise _separate_data(name, "NIfTI/Analyze", ".nii or .nii.gz")
 
 
 def _complete_nifti(path: Path, tmp: Path) -> Path:
@@ -350,7 +457,13 @@ def _nifti_data_end(head: bytes) -> int | None:
 
 
 def _read_dicom_dir(
-    directory: Path, source: str, names: Sequence[str], *, max_voxels: int, all_dicom: bool
+    directory: Path,
+    source: str,
+    names: Sequence[str],
+    *,
+    max_voxels: int,
+    all_dicom: bool,
+    ledger: Ledger | None = None,
 ) -> sitk.Image:
     """Read the one DICOM image series in `directory`, whose files are named `00000.dcm`, `00001.dcm`...
 
@@ -409,6 +522,9 @@ def _read_dicom_dir(
         size.append(1)
     size[2] *= len(files)
     _check_voxels(size, max_voxels)
+    _check_dicom_pixels_present(files, info, source)
+    _check_geometry(info, source, "DICOM")
+    _charge(ledger, size, info)
 
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")
@@ -427,6 +543,42 @@ def _read_dicom_dir(
     if image.GetDimension() == 2:  # defensive: GDCM reports single-frame files as 3D
         image = sitk.JoinSeries(image)
     return image
+
+
+_UNCOMPRESSED_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+
+
+def _check_dicom_pixels_present(files: Sequence[str], info: sitk.ImageFileReader, source: str) -> None:
+    """Every file of an uncompressed series must hold the pixel bytes its header claims.
+
+    GDCM zero-fills what is missing, so a 1 KB file whose Rows and Columns claim 20000 would become an
+    800 MB image of zeros: refused here from file sizes, before anything is decoded. (Compressed pixel
+    data has no such bound; its decoded size is charged to the memory budget like any image.)
+    """
+
+    def meta(key: str) -> str:
+        return info.GetMetaData(key).strip(" \0") if info.HasMetaDataKey(key) else ""
+
+    try:
+        bits = int(meta("0028|0100") or 16)
+        samples = int(meta("0028|0002") or 1)
+    except ValueError:
+        raise BadRequest(f"Could not read {source} as DICOM: the files are damaged or incomplete.") from None
+    claimed = int(np.prod([int(n) for n in info.GetSize()], dtype=object)) * samples * math.ceil(bits / 8)
+    short = [f for f in files if os.stat(f).st_size < claimed]
+    if any(_transfer_syntax(f) in _UNCOMPRESSED_SYNTAXES for f in short):
+        raise BadRequest(
+            f"Could not read {source} as DICOM: a file holds fewer pixel bytes than its header claims "
+            f"({'×'.join(str(n) for n in info.GetSize())} pixels); the files are damaged or incomplete."
+        )
+
+
+def _transfer_syntax(path: str) -> str:
+    """The file's transfer syntax UID; a file without a file meta header is implicit VR little endian."""
+    try:
+        return str(read_file_meta_info(path).get("TransferSyntaxUID", "1.2.840.10008.1.2")).strip(" \0")
+    except Exception:  # pydicom raises many types on a damaged meta header; GDCM read it as uncompressed
+        return "1.2.840.10008.1.2"
 
 
 def _slice_deviation(reader: sitk.ImageSeriesReader, image: sitk.Image, count: int) -> float:
@@ -479,7 +631,7 @@ def _is_regular_member(info: zipfile.ZipInfo) -> bool:
     return True
 
 
-def _read_zip(path: Path, *, max_voxels: int, max_files: int) -> sitk.Image:
+def _read_zip(path: Path, *, max_voxels: int, max_files: int, ledger: Ledger | None) -> sitk.Image:
     """Unpack a ZIP of DICOM files safely and read the single series inside.
 
     Members are never extracted by name (no path traversal): each regular file is streamed into a
@@ -529,7 +681,9 @@ def _read_zip(path: Path, *, max_voxels: int, max_files: int) -> sitk.Image:
                     f"Could not read '{name}' as a ZIP archive: the file is damaged or truncated."
                 ) from None
         shown = [upload_basename(info.filename) for info in members]
-        return _read_dicom_dir(Path(tmp), f"'{name}'", shown, max_voxels=max_voxels, all_dicom=False)
+        return _read_dicom_dir(
+            Path(tmp), f"'{name}'", shown, max_voxels=max_voxels, all_dicom=False, ledger=ledger
+        )
 
 
 def _zip_too_large(name: str, size: int, limit: int) -> str:

@@ -12,17 +12,16 @@ import time
 from flask import Response
 from requests_toolbelt import MultipartEncoder
 
+from . import params as checked
 from .errors import BadRequest
-from .imageio import encode_mask
+from .imageio import MASK_EXTENSIONS, encode_mask
 
 OUTPUTS = ("multipart", "image", "json")
 
 
 def result_reply(params: dict, mask_bytes: bytes | None, filename: str, output: str | None = None) -> Response:
     """`output=image` → the bare file, `output=json` → the params only, otherwise the multipart."""
-    output = output or "multipart"
-    if output not in OUTPUTS:
-        raise BadRequest(f"Unknown output '{output}': use output=image or output=json (or leave it out).")
+    output = output_mode(output)
     if output == "json":
         return Response(json.dumps(params), mimetype="application/json")
     if output == "image":
@@ -41,24 +40,38 @@ def result_reply(params: dict, mask_bytes: bytes | None, filename: str, output: 
     return Response(body, content_type=encoder.content_type, headers={"Content-Length": str(len(body))})
 
 
+def output_mode(output: str | None) -> str:
+    """The `output` query value, checked (callers check it before any work)."""
+    output = output or "multipart"
+    if output not in OUTPUTS:
+        raise BadRequest(
+            f"Unknown output {checked.describe(output)}: use output=image or output=json (or leave it out)."
+        )
+    return output
+
+
 def flag(value) -> bool:
-    """A boolean param as clients send it: true/false, 1/0, or the strings "true"/"false"."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes")
-    return bool(value)
+    """A boolean param as clients send it: true/false, 1/0, or the strings "true"/"false" (else a 400)."""
+    return checked.flag_value(value)
+
+
+def mask_options(params: dict) -> tuple[str, str, bool]:
+    """The request's mask writer options, checked before any work: extension (with its dot, lower case),
+    integer dtype name, compression."""
+    extension = checked.text(params, "result_extension", ".nii.gz").strip().lower()
+    extension = extension if extension.startswith(".") else "." + extension
+    if extension not in MASK_EXTENSIONS:
+        raise BadRequest(
+            f"Unsupported mask format {checked.describe(extension)}. Choose one of: {', '.join(MASK_EXTENSIONS)}."
+        )
+    return extension, checked.text(params, "result_dtype", "uint8"), checked.flag(params, "result_compress", True)
 
 
 def mask_reply(mask, reference, result: dict, params: dict, output: str | None = None) -> Response:
     """Encode the mask on the reference grid with the request's writer options, then reply."""
-    extension = params.get("result_extension") or ".nii.gz"
+    extension, dtype, compress = mask_options(params)
     started = time.perf_counter()
-    mask_bytes = encode_mask(
-        mask,
-        reference,
-        extension=extension,
-        dtype=params.get("result_dtype") or "uint8",
-        compress=flag(params.get("result_compress", True)),
-    )
+    mask_bytes = encode_mask(mask, reference, extension=extension, dtype=dtype, compress=compress)
     if isinstance(result.get("latencies"), dict):
         result["latencies"]["encode"] = round(time.perf_counter() - started, 4)
     return result_reply(result, mask_bytes, f"result{extension}", output)

@@ -9,6 +9,10 @@ Both lanes share the same cores, so priority is cooperative: batch work checks i
 sliding-window patch, through the engines' yield hook, and between pre-processing, inference and
 encoding) and pauses there while any interactive request is queued or running. A pause is capped
 (`max_pause_s`) so a stream of clicks cannot starve a segmentation for ever.
+
+Everything that allocates images runs in a lane (inference with its upload's decoding, a session's
+decoding as `Work.DECODE`), so at most `interactive_workers + batch_workers` requests hold memory at once,
+each within its share of the memory budget (`server.budget`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from enum import StrEnum
 
 from .engines import yield_hook
 from .errors import ServiceUnavailable
 
-INTERACTIVE_TYPES = frozenset({"deepgrow", "annotation"})
+
+class Work(StrEnum):
+    """Work other than a model's inference that allocates images, and so also runs in a lane."""
+
+    DECODE = "decode"  # decoding an upload into a session: a clinician waits for it before the first click
+
+
+INTERACTIVE_TYPES = frozenset({"deepgrow", "annotation", Work.DECODE})
+"""Model types (and `Work`) run in the interactive lane; every other type in the batch lane."""
 
 
 class Lane:

@@ -11,6 +11,7 @@ expired sessions and their files; a cap on the total decoded bytes refuses new s
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import threading
 import time
@@ -120,10 +121,23 @@ class SessionStore:
                 shutil.rmtree(leftover, ignore_errors=True)
 
     def expiry_for(self, requested: float | None) -> float:
-        """min(requested, max); 0 or absent → the default."""
-        if not requested or requested <= 0:
+        """min(requested, max); 0, absent or not a finite positive number → the default."""
+        if requested is None or not math.isfinite(requested) or requested <= 0:
             return min(self.default_expiry_s, self.max_expiry_s)
         return min(float(requested), self.max_expiry_s)
+
+    def require_room(self, nbytes: int) -> None:
+        """503 unless `nbytes` more fit under the cap (checked again, atomically, when the session is stored)."""
+        with self._lock:
+            used = sum(s.nbytes for s in self._sessions.values())
+        if used + nbytes > self.max_bytes:
+            raise self._full(used)
+
+    def _full(self, used: int) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"Session storage is full ({used / 2**20:.0f} of {self.max_bytes / 2**20:.0f} MB in use); "
+            "try again later or send the image with the request instead."
+        )
 
     def create(self, image: sitk.Image, folder: Path, name: str, expiry_s: float | None) -> Session:
         """Register a decoded image whose files were saved in `folder` (moved under the store's root)."""
@@ -135,10 +149,7 @@ class SessionStore:
             used = sum(s.nbytes for s in self._sessions.values())
             if used + session.nbytes > self.max_bytes:
                 shutil.rmtree(target, ignore_errors=True)
-                raise ServiceUnavailable(
-                    f"Session storage is full ({used / 2**20:.0f} of {self.max_bytes / 2**20:.0f} MB in use); "
-                    "try again later or send the image with the request instead."
-                )
+                raise self._full(used)
             self._sessions[session_id] = session
         logger.info(  # without the file name: it can carry a patient's name
             "session %s created (%.1f MB, expiry %.0f s)",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from pathlib import Path
@@ -10,8 +9,10 @@ from pathlib import Path
 import SimpleITK as sitk
 from flask import current_app, request
 
+from .budget import MemoryLedger, request_limit
 from .errors import BadRequest
 from .imageio import read_image, upload_basename
+from .params import parse_params, query_text
 
 SERIES_PART = re.compile(r"image\d+$")
 UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -26,11 +27,20 @@ def upload_parts() -> list:
     return [request.files[k] for k in series]
 
 
-def request_image() -> sitk.Image:
-    """The image a request works on: its session's decoded image when `session_id` is given, else the upload."""
-    if session_id := request.args.get("session_id"):
+def request_ledger() -> MemoryLedger:
+    """A fresh memory ledger holding one request's share of the server's memory budget."""
+    settings = current_app.config["SETTINGS"]
+    return MemoryLedger(
+        request_limit(settings.memory_budget_bytes, settings.interactive_workers + settings.batch_workers)
+    )
+
+
+def request_image(ledger: MemoryLedger | None = None) -> sitk.Image:
+    """The image a request works on: its session's decoded image when `session_id` is given, else the upload
+    (its decoded size charged to `ledger`, by default a fresh one for this request)."""
+    if session_id := query_text("session_id"):
         return current_app.extensions["aiaa.sessions"].get(session_id).image
-    return read_uploaded_image(current_app.config["SETTINGS"].max_image_voxels)
+    return read_uploaded_image(current_app.config["SETTINGS"].max_image_voxels, ledger or request_ledger())
 
 
 def save_uploaded_parts(folder: Path) -> list[Path]:
@@ -51,10 +61,10 @@ def save_uploaded_parts(folder: Path) -> list[Path]:
     return paths
 
 
-def read_uploaded_image(max_voxels: int) -> sitk.Image:
+def read_uploaded_image(max_voxels: int, ledger: MemoryLedger | None = None) -> sitk.Image:
     """Decode the uploaded volume (or DICOM series) with its full geometry."""
     with tempfile.TemporaryDirectory(prefix="aiaa-upload-") as tmp:
-        return read_image(save_uploaded_parts(Path(tmp)), max_voxels=max_voxels)
+        return read_image(save_uploaded_parts(Path(tmp)), max_voxels=max_voxels, ledger=ledger)
 
 
 def safe_name(filename: str) -> str:
@@ -64,19 +74,5 @@ def safe_name(filename: str) -> str:
 
 
 def request_params() -> dict:
-    """The `params` field as a dict: absent → {}, not JSON or not an object → 400."""
-    raw = request.form.get("params")
-    if raw is None or raw.strip() == "":
-        return {}
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"The 'params' field is not valid JSON ({exc.msg} at position {exc.pos}).") from None
-    if isinstance(params, str):  # older clients double-encode
-        try:
-            params = json.loads(params)
-        except json.JSONDecodeError:
-            pass
-    if not isinstance(params, dict):
-        raise BadRequest("The 'params' field must be a JSON object, e.g. {} or {\"points\": [[x, y, z], ...]}.")
-    return params
+    """The `params` field as a dict, checked (`server.params.parse_params`): absent → {}, else a JSON object."""
+    return parse_params(request.form.get("params"))

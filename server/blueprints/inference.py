@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
+from .. import params as checked
+from ..budget import pipeline_bytes
 from ..errors import BadRequest
 from ..imageio import require_3d
 from ..inference import run_model
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
-from ..points import parse_points
-from ..registry import ModelRegistry
-from ..replies import mask_reply
+from ..registry import ModelRegistry, ServedModel
+from ..replies import mask_options, mask_reply, output_mode
 from ..scheduler import Scheduler
-from ..uploads import request_image, request_params
+from ..uploads import request_image, request_ledger, request_params
 
 bp = Blueprint("inference", __name__)
 
@@ -44,25 +45,25 @@ def label_matches(labels: list[str], query: str) -> bool:
 )
 def list_models():
     """The served models (AIAA model objects)."""
-    name = request.args.get("model")
+    name = checked.query_text("model")
     if name is not None:
         return jsonify(registry().get(name).info())
     models = [m.info() for m in registry().list()]
-    if label := request.args.get("label"):
+    if label := checked.query_text("label"):
         models = [m for m in models if label_matches(m["labels"], label)]
-    if model_type := request.args.get("type"):
+    if model_type := checked.query_text("type"):
         models = [m for m in models if m["type"] == model_type]
     return jsonify(models)
 
 
 def extreme_point_inputs(params: dict, image) -> dict:
-    return {"points": parse_points(params, "points", image.GetSize(), min_count=6)}
+    return {"points": checked.points(params, "points", image.GetSize(), min_count=6)}
 
 
 def click_inputs(params: dict, image) -> dict:
     return {
-        "foreground": parse_points(params, "foreground", image.GetSize(), min_count=1),
-        "background": parse_points(params, "background", image.GetSize()),
+        "foreground": checked.points(params, "foreground", image.GetSize(), min_count=1),
+        "background": checked.points(params, "background", image.GetSize()),
     }
 
 
@@ -78,26 +79,38 @@ def infer(op: str, model_type: str | None = None):
     """What every inference endpoint does: model, params, image (upload or session), the task, the reply.
 
     `model_type` is the type the endpoint serves; None (`/v1/inference`) dispatches on the model's own type.
+    Everything the client sent is checked before any work; the upload is decoded inside the lane's slot and
+    both its decoded size and the model's pipeline are charged to the request's memory ledger first.
     """
-    model = registry().get(request.args.get("model"))
+    model = registry().get(checked.query_text("model"))
     if model_type is not None and model.type != model_type:
         raise BadRequest(f"Model '{model.name}' is a {model.type} model; /v1/{op} needs a {model_type} model.")
     if model.type not in TASK_INPUTS:
         raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
     params = request_params()
-    session_id = request.args.get("session_id")
+    mask_options(params)
+    output = output_mode(checked.query_text("output"))
+    session_id = checked.query_text("session_id")
     session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
-    image = session.image if session else request_image()
-    if model.task.dimension == 3:
-        require_3d(image, model.name)
-    inputs = TASK_INPUTS[model.type](params, image)
     device = current_app.config["SETTINGS"].device
     with scheduler().run(model.type) as queued:
+        ledger = request_ledger()
+        image = session.image if session else request_image(ledger)
+        if model.task.dimension == 3:
+            require_3d(image, model.name)
+        inputs = TASK_INPUTS[model.type](params, image)
+        charge_pipeline(ledger, model, image)
         mask, result = run_model(model, image, inputs, device=device, session=session)
         result["latencies"]["queue"] = round(queued, 4)
-        reply = mask_reply(mask, image, result, params, request.args.get("output"))
+        reply = mask_reply(mask, image, result, params, output)
     record_inference(model.name, result["latencies"])
     return reply
+
+
+def charge_pipeline(ledger, model: ServedModel, image) -> None:
+    """Charge what the model's pipeline will allocate on this image, before it runs (413 if too much)."""
+    nbytes, what = pipeline_bytes(model.task, image, channels=max(2, len(model.labels) + 1))
+    ledger.charge(nbytes, f"{what} of model '{model.name}'")
 
 
 @bp.post("/v1/segmentation")

@@ -6,13 +6,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify
 
-from ..errors import BadRequest, NotFound, SessionExpired
+from .. import params as checked
+from ..budget import MemoryLedger
+from ..errors import NotFound, SessionExpired
 from ..imageio import read_image
 from ..openapi import SESSION_FORM, SESSION_INFO_REF, Param, document, json_reply
+from ..scheduler import Scheduler, Work
 from ..sessions import SessionStore
-from ..uploads import save_uploaded_parts, upload_basename, upload_parts
+from ..uploads import request_ledger, save_uploaded_parts, upload_basename, upload_parts
 
 bp = Blueprint("sessions", __name__)
 
@@ -21,14 +24,24 @@ def store() -> SessionStore:
     return current_app.extensions["aiaa.sessions"]
 
 
+def scheduler() -> Scheduler:
+    return current_app.extensions["aiaa.scheduler"]
+
+
+class SessionLedger:
+    """The request's memory ledger, and room in the session store: a full store refuses before decoding."""
+
+    def __init__(self, ledger: MemoryLedger, sessions: SessionStore):
+        self.ledger, self.sessions = ledger, sessions
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.sessions.require_room(nbytes)
+        self.ledger.charge(nbytes, what)
+
+
 def requested_expiry() -> float | None:
-    raw = request.args.get("expiry")
-    if raw in (None, ""):
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise BadRequest(f"'expiry' must be a number of seconds, not '{raw}'.") from None
+    """Seconds, finite and not negative (0 or absent: the default)."""
+    return checked.query_number("expiry", minimum=0)
 
 
 @bp.put("/session/")
@@ -47,12 +60,15 @@ def requested_expiry() -> float | None:
 def create_session():
     """Decode the uploaded volume (file, `image0..N` series or zip) once and keep it for later requests."""
     expiry = requested_expiry()
+    checked.query_flag("uncompress")  # a zip is recognised by its name; the flag is checked, not needed
     incoming = store().root / "incoming"
     incoming.mkdir(exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=incoming))
     try:
         paths = save_uploaded_parts(folder)
-        image = read_image(paths, max_voxels=current_app.config["SETTINGS"].max_image_voxels)
+        with scheduler().run(Work.DECODE):
+            ledger = SessionLedger(request_ledger(), store())
+            image = read_image(paths, max_voxels=current_app.config["SETTINGS"].max_image_voxels, ledger=ledger)
         session = store().create(image, folder, upload_basename(upload_parts()[0].filename or ""), expiry)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -68,7 +84,7 @@ def create_session():
 )
 def get_session(session_id: str):
     """The session's information while it lives; 404 once unknown or expired."""
-    touch = request.args.get("update_ts", "").lower() in ("1", "true", "yes")
+    touch = checked.query_flag("update_ts")
     try:
         session = store().get(session_id, touch=touch)
     except SessionExpired as exc:

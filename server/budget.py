@@ -1,0 +1,251 @@
+"""The memory budget: every grid a request will create is costed, and refused with 413, before it exists.
+
+A small upload can ask for a huge allocation: a 90-byte 16³ volume at 100 mm spacing becomes a 534³ grid
+when a model resamples it to 3 mm; a 1 KB DICOM can claim 20000×20000 pixels. So the voxel limit on the
+upload is not enough: each request gets a `MemoryLedger` holding its share of the server's budget
+(`memory_budget_bytes` shared by the scheduler's workers, see `request_limit`), and charges it, before
+allocating, with
+
+* the decoded image, from its header (`imageio.read_image` charges it before decoding pixels), and
+* the model's pipeline, from the image's grid and the task's pre-transforms (`pipeline_bytes`): the
+  transforms are walked for the grids they create (Orientation, Spacing, Resize, Zoom, pads, crops), so
+  the estimate needs no allocation and costs microseconds (the click path stays fast).
+
+Costs per voxel were measured with the app's models (peak RSS over one request, bench notes in the
+module's tests): ~16 bytes per input voxel for a whole-volume pipeline (int16 input, 2 classes), ~3.4 for
+a click, and 32-45 per voxel of each resampled working grid; the constants below round those up.
+Only the scheduler's lanes run requests, at most `interactive_workers + batch_workers` at once, so the
+sum of their ledgers never exceeds the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+from monai import transforms as mt
+
+from .errors import PayloadTooLarge
+from .imageio import ras_affine
+
+logger = logging.getLogger(__name__)
+
+FLOAT_BYTES = 4
+MASK_BYTES_PER_VOXEL = 2
+"""The uint8 mask on the input grid and its encoded copy."""
+
+
+def grid_bytes_per_voxel(channels: int) -> int:
+    """A working grid: its float input, the network's `channels` outputs and the inferer's/resampler's
+    buffers (sliding-window sums and counts, the sampling coordinates): 52 for two classes (measured 45)."""
+    return FLOAT_BYTES * (7 + 3 * channels)
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def request_limit(memory_budget_bytes: int, workers: int) -> int:
+    """One request's share: the budget over the requests that can run at once (the scheduler's workers)."""
+    return memory_budget_bytes // max(1, workers)
+
+
+class MemoryLedger:
+    """What one request may still allocate; `charge` before allocating, 413 when it would not fit."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit = int(limit_bytes)
+        self.used = 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Count `nbytes` for `what` (e.g. "the decoded 512×512×300 image"), or refuse the request."""
+        nbytes = int(nbytes)
+        if self.used + nbytes > self.limit:
+            already = f" on top of {gib(self.used)} already in use for it" if self.used else ""
+            raise PayloadTooLarge(
+                f"This request would need about {gib(nbytes)} of memory for {what}{already}; this server's "
+                f"limit is {gib(self.limit)} per request. Send a smaller image (or one at a coarser spacing)."
+            )
+        self.used += nbytes
+
+
+# ------------------------------------------------------------------------------------- grid planning
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A spatial grid as the pipeline sees it: shape and spacing per axis, and the voxel-to-RAS rotation."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    rotation: tuple[tuple[float, ...], ...]  # unit direction columns, RAS
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.shape)
+
+    def dims(self) -> str:
+        return "×".join(str(n) for n in self.shape)
+
+
+def image_grid(image: sitk.Image) -> Grid:
+    affine = ras_affine(image)[:3, :3]
+    spacing = np.linalg.norm(affine, axis=0)
+    rotation = affine / np.where(spacing > 0, spacing, 1)
+    shape = (*image.GetSize(), 1)[:3]
+    return Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), tuple(map(tuple, rotation)))
+
+
+def _per_axis(value, n: int) -> list:
+    values = list(value) if isinstance(value, Sequence | np.ndarray) else [value] * n
+    return (values + values[-1:] * n)[:n] if values else [None] * n
+
+
+def _orient(grid: Grid, axcodes: str | None) -> Grid:
+    if not axcodes:
+        return grid
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(grid.rotation) * np.array(grid.spacing)
+    current = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(axcodes)
+    order = np.argsort(nib.orientations.ornt_transform(current, target)[:, 0].astype(int))
+    rotation = np.array(grid.rotation)[:, order]
+    return Grid(tuple(grid.shape[i] for i in order), tuple(grid.spacing[i] for i in order), tuple(map(tuple, rotation)))
+
+
+def _respace(grid: Grid, pixdim, diagonal: bool) -> Grid:
+    extent = np.array(grid.shape) * np.array(grid.spacing)
+    if diagonal:  # resampled onto world axes: the rotated volume's bounding box
+        extent = np.abs(np.array(grid.rotation)) @ extent
+    shape, spacing = [], []
+    for n, old, size, new in zip(grid.shape, grid.spacing, extent, _per_axis(pixdim, len(grid.shape)), strict=True):
+        if new is None or not np.isfinite(new) or new <= 0:
+            shape.append(n)
+            spacing.append(old)
+        else:
+            shape.append(max(1, math.ceil(size / new)))
+            spacing.append(float(new))
+    return Grid(tuple(shape), tuple(spacing), grid.rotation)
+
+
+def _with_shape(grid: Grid, shape: Sequence[int]) -> Grid:
+    spacing = tuple(s * n / m for s, n, m in zip(grid.spacing, grid.shape, shape, strict=True))
+    return Grid(tuple(max(1, int(n)) for n in shape), spacing, grid.rotation)
+
+
+def _resize(grid: Grid, spatial_size, size_mode: str) -> Grid:
+    if size_mode == "longest":
+        scale = float(_per_axis(spatial_size, 1)[0]) / max(grid.shape)
+        return _with_shape(grid, [math.ceil(n * scale) for n in grid.shape])
+    sizes = _per_axis(spatial_size, len(grid.shape))
+    return _with_shape(grid, [n if s is None or s <= 0 else int(s) for n, s in zip(grid.shape, sizes, strict=True)])
+
+
+def _first(transform, *names):
+    """The first of `names` on the transform or on its array transform (MONAI's dict wrappers hold one)."""
+    for owner in (transform, *(v for v in vars(transform).values() if isinstance(v, mt.Transform))):
+        for name in names:
+            if hasattr(owner, name):
+                return getattr(owner, name)
+    return None
+
+
+def plan(transform, grid: Grid) -> tuple[Grid, bool]:
+    """The grid `transform` leaves, and whether it spans the whole volume (a resample or re-orientation
+    that is inverted back onto the input grid afterwards); unknown transforms keep the grid."""
+    n = len(grid.shape)
+    if isinstance(transform, mt.Orientation | mt.Orientationd):
+        return _orient(grid, _first(transform, "axcodes")), True
+    if isinstance(transform, mt.Spacing | mt.Spacingd):
+        return _respace(grid, _first(transform, "pixdim"), bool(_first(transform, "diagonal"))), True
+    if isinstance(transform, mt.Resize | mt.Resized):
+        return _resize(grid, _first(transform, "spatial_size"), _first(transform, "size_mode") or "all"), True
+    if isinstance(transform, mt.Zoom | mt.Zoomd):
+        if _first(transform, "keep_size"):
+            return grid, True
+        zoom = _per_axis(_first(transform, "zoom"), n)
+        return _with_shape(grid, [math.ceil(s * float(z)) for s, z in zip(grid.shape, zoom, strict=True)]), True
+    if isinstance(transform, mt.SpatialPad | mt.SpatialPadd | mt.ResizeWithPadOrCrop | mt.ResizeWithPadOrCropd):
+        sizes = _per_axis(_first(transform, "spatial_size"), n)
+        pad = [s if z is None or z <= 0 else max(s, int(z)) for s, z in zip(grid.shape, sizes, strict=True)]
+        return Grid(tuple(pad), grid.spacing, grid.rotation), True
+    if isinstance(transform, mt.DivisiblePad | mt.DivisiblePadd):
+        k = [max(1, int(v)) for v in _per_axis(_first(transform, "k"), n)]
+        return Grid(
+            tuple(math.ceil(s / m) * m for s, m in zip(grid.shape, k, strict=True)), grid.spacing, grid.rotation
+        ), True
+    roi = _first(transform, "roi_size")  # crops (MONAI's, the app's crop-and-resample around points)
+    if roi is not None:
+        sizes = _per_axis(roi, n)
+        if isinstance(transform, mt.Transform) and type(transform).__module__.startswith("monai."):
+            sizes = [s if z is None or z <= 0 else min(s, int(z)) for s, z in zip(grid.shape, sizes, strict=True)]
+        return _with_shape(
+            grid, [s if z is None or z <= 0 else int(z) for s, z in zip(grid.shape, sizes, strict=True)]
+        ), False
+    return grid, False
+
+
+_TRANSFORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _pre_transforms(task) -> list | None:
+    """The task's pre-transforms, built once per task (None when they cannot be listed without a request)."""
+    try:
+        return _TRANSFORMS[task]
+    except (KeyError, TypeError):
+        pass
+    try:
+        listed = list(task.pre_transforms())
+    except Exception:  # a third-party task may need a request to list them: costed as the worst case
+        logger.info("the pre-transforms of %s cannot be listed; costing its pipeline on the input grid", type(task))
+        listed = None
+    try:
+        _TRANSFORMS[task] = listed
+    except TypeError:
+        pass
+    return listed
+
+
+def _flatten(transforms) -> list:
+    flat = []
+    for t in transforms:
+        inner = getattr(t, "transforms", None)
+        flat.extend(_flatten(inner) if isinstance(t, mt.Compose) and inner is not None else [t])
+    return flat
+
+
+def pipeline_bytes(task, image: sitk.Image, channels: int) -> tuple[int, str]:
+    """Estimated peak bytes of running `task` on `image` with `channels` output classes, and what the
+    largest part of it is (for the 413 message)."""
+    grid = image_grid(image)
+    pixel = image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+    transforms = _pre_transforms(task)
+    whole_volume = transforms is None
+    grids: list[Grid] = []
+    for transform in _flatten(transforms or []):
+        new, spans = plan(transform, grid)
+        whole_volume |= spans
+        if new.shape != grid.shape:
+            grids.append(new)
+        grid = new
+    if not grids:
+        grids = [grid]  # the network runs on the input grid itself
+    per_input = pixel + MASK_BYTES_PER_VOXEL + FLOAT_BYTES * (1 + channels if whole_volume else 1)
+    input_bytes = image_grid(image).voxels * per_input
+    work = [g.voxels * grid_bytes_per_voxel(channels) for g in grids]
+    largest = max(range(len(grids)), key=lambda i: work[i])
+    if work[largest] >= input_bytes:
+        what = f"the model's {grids[largest].dims()} working grid"
+    else:
+        what = f"the model's pipeline on the {image_grid(image).dims()} image"
+    return input_bytes + sum(work), what
+
+
+def decoded_bytes(size: Sequence[int], bytes_per_pixel: int) -> int:
+    return math.prod(int(s) for s in size) * int(bytes_per_pixel)
