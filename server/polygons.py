@@ -28,8 +28,12 @@ from .errors import PayloadTooLarge
 Polygon = np.ndarray
 """(n, 2) float `[row, column]` vertices (`[j, i]` of an axial slice)."""
 
-MAX_VERTICES = 2_000_000
-"""Most polygon vertices one request may trace (mask2polygon) or send (fixpolygon): ~40 MB of JSON."""
+MAX_VERTICES = 1_000_000
+"""Most polygon vertices one request may trace (mask2polygon) or send (fixpolygon). Tracing holds ~0.5 kB
+per vertex (skimage's segment tuples): ~0.5 GB and a few seconds at the limit; a spleen has ~30 000."""
+
+MAX_SLICE_VOXELS = 4096 * 4096
+"""Largest foreground bounding box traced on one slice: skimage copies it as float64 (128 MB here)."""
 
 MAX_ROW_CROSSINGS = 20_000_000
 """Most (edge, grid row) crossings one request may fill: the time bound of rasterising (~1 s per 10⁷)."""
@@ -47,7 +51,7 @@ def slice_polygons(mask_rc: np.ndarray, more_points: int = 1) -> list[Polygon]:
     if padded is None:
         return []
     polygons = []
-    for contour in measure.find_contours(padded.astype(np.float32), 0.5):
+    for contour in measure.find_contours(padded, 0.5):  # bool: skimage's float64 copy is the only one
         contour = contour[:-1]  # closed contours end on their first vertex; list it once
         if signed_area(contour) >= 0:  # marching squares orients holes opposite to outer contours
             continue
@@ -67,13 +71,14 @@ def _padded_crop(foreground: np.ndarray) -> tuple[np.ndarray | None, tuple[int, 
     return np.pad(crop, 1), (int(rows[0]) - 1, int(cols[0]) - 1)
 
 
-def boundary_vertices(mask_rc: np.ndarray) -> int:
-    """How many vertices `slice_polygons` traces on a slice, before thinning (holes included): one per
-    pair of 4-neighbours that differ, counted without tracing (a bool copy of the foreground's box)."""
+def trace_cost(mask_rc: np.ndarray) -> tuple[int, int]:
+    """What `slice_polygons` costs on a slice: the voxels of the box it traces, and the vertices it traces
+    before thinning (holes included): one per pair of 4-neighbours that differ, counted without tracing."""
     padded, _ = _padded_crop(np.asarray(mask_rc) != 0)
     if padded is None:
-        return 0
-    return int(np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
+        return 0, 0
+    vertices = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
+    return padded.size, int(vertices)
 
 
 def mask_to_polygons(mask: np.ndarray, more_points: int = 1, max_vertices: int = MAX_VERTICES) -> list[list[Polygon]]:
@@ -82,7 +87,13 @@ def mask_to_polygons(mask: np.ndarray, more_points: int = 1, max_vertices: int =
     slices = [mask[:, :, k].T for k in range(mask.shape[2])]  # [j, i]: rows are j
     total = 0
     for k, slice_rc in enumerate(slices):
-        total += boundary_vertices(slice_rc)
+        box, vertices = trace_cost(slice_rc)
+        if box > MAX_SLICE_VOXELS:
+            raise PayloadTooLarge(
+                f"The foreground of slice {k} spans {box} voxels (with a one-voxel margin); contours are traced "
+                f"on at most {MAX_SLICE_VOXELS} voxels (4096×4096) per slice."
+            )
+        total += vertices
         if total > max_vertices:
             raise PayloadTooLarge(
                 f"The mask's contours have more than {max_vertices} vertices (over {total} by slice {k} of "
@@ -94,7 +105,7 @@ def mask_to_polygons(mask: np.ndarray, more_points: int = 1, max_vertices: int =
 def signed_area(polygon: Polygon) -> float:
     """Shoelace area in `[row, column]` axes: negative for the outer contours `find_contours` returns."""
     r, c = polygon[:, 0], polygon[:, 1]
-    return 0.5 * float(np.dot(r, np.roll(c, -1)) - np.dot(np.roll(r, -1), c))
+    return 0.5 * float(np.dot(r[:-1], c[1:]) - np.dot(r[1:], c[:-1]) + r[-1] * c[0] - r[0] * c[-1])
 
 
 def move_vertex(polygon: Polygon, vertex: int, offset: Sequence[float], neighbours: int) -> Polygon:
@@ -186,8 +197,9 @@ def fill_into(target: np.ndarray, polygon: Polygon) -> None:
     half-integer contours of `slice_polygons`), found from the rows each edge crosses in time proportional
     to the boundary (bounding box × vertices takes 0.3 s for one organ contour on a 512² slice). A voxel
     centre is inside when an odd number of crossings lie left of it, so each crossing toggles a bit at the
-    first centre to its right and a running XOR along the row fills the runs: one byte per voxel of the
-    polygon's box, and edges handled a chunk at a time (toggles commute), whatever the polygon.
+    first centre to its right and a running XOR along the row fills the runs. The toggles go straight
+    into `target` where the polygon's box is still empty (the usual case: no memory beyond the mask),
+    else into one byte per voxel of the box; edges are handled a chunk at a time (toggles commute).
     """
     rows, cols = target.shape
     if len(polygon) < 3:  # fewer vertices enclose nothing
@@ -202,7 +214,10 @@ def fill_into(target: np.ndarray, polygon: Polygon) -> None:
     if col_stop <= col_low:
         return
     row_low, row_stop = int(first[edges].min()), int((first + counts)[edges].max())
-    toggles = np.zeros((row_stop - row_low, col_stop - col_low + 1), dtype=np.uint8)
+    box = target[row_low:row_stop, col_low:col_stop]
+    width = col_stop - col_low
+    in_place = not box.any()  # toggles right of the box change no centre: dropped then
+    toggles = box if in_place else np.zeros((row_stop - row_low, width + 1), dtype=np.uint8)
     r0, r1, c0, c1 = polygon[:, 0], np.roll(polygon[:, 0], -1), c, np.roll(c, -1)
     ends = np.cumsum(counts[edges])
     splits = np.searchsorted(ends, np.arange(_CROSSINGS_PER_CHUNK, ends[-1], _CROSSINGS_PER_CHUNK), side="right")
@@ -214,10 +229,13 @@ def fill_into(target: np.ndarray, polygon: Polygon) -> None:
         row = first[edge] + np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
         col = c0[edge] + (row - r0[edge]) * (c1[edge] - c0[edge]) / (r1[edge] - r0[edge])
         right = np.clip(np.floor(col) + 1, col_low, col_stop).astype(np.int64) - col_low
+        if in_place:
+            inside = right < width
+            row, right = row[inside], right[inside]
         np.bitwise_xor.at(toggles, (row - row_low, right), 1)
     np.bitwise_xor.accumulate(toggles, axis=1, out=toggles)
-    box = target[row_low:row_stop, col_low:col_stop]
-    np.bitwise_or(box, toggles[:, :-1], out=box)
+    if not in_place:
+        np.bitwise_or(box, toggles[:, :-1], out=box)
 
 
 def fill_polygon(polygon: Polygon, shape: tuple[int, int]) -> np.ndarray:

@@ -17,11 +17,12 @@ import json
 import math
 
 import numpy as np
+import SimpleITK as sitk
 from flask import Blueprint, Response, current_app, request
 
 from .. import polygons
 from ..errors import BadRequest, PayloadTooLarge
-from ..imageio import MASK_EXTENSIONS, to_array
+from ..imageio import MASK_EXTENSIONS
 from ..openapi import BINARY, OUTPUT, PARAMS_FIELD, RESULT_REPLY, SESSION_ID, document, form_body, json_reply
 from ..png import PNG_EXTENSION, encode_png_mask
 from ..replies import flag, mask_reply, result_reply
@@ -80,7 +81,8 @@ def mask2polygon():
             f"{mask.GetNumberOfComponentsPerPixel()} channels per voxel."
         )
     with scheduler().run(EDIT_LANE):
-        slices = polygons.mask_to_polygons(to_array(mask), more_points)
+        # A view of ITK's buffer ([k, j, i] → [i, j, k]), not `to_array`'s copy: the mask may be 10⁸ voxels.
+        slices = polygons.mask_to_polygons(sitk.GetArrayViewFromImage(mask).T, more_points)
         body = "[" + ",".join(polygons_json(slice_polygons) for slice_polygons in slices) + "]"
     return Response(body, mimetype="application/json")
 
