@@ -8,11 +8,12 @@ from .interactive import InteractiveTask
 
 
 class DeepGrow3D(InteractiveTask):
-    """The crop is centred on the foreground clicks, at least `min_size_mm` wide (grows as clicks spread)."""
+    """The crop covers every click (foreground and background) with `padding_mm`, at least `min_size_mm`
+    wide, and zooms out while the object reaches its border (`InteractiveTask`)."""
 
     task_type = InferType.DEEPGROW
     summary = "DeepGrow 3D: click on an object to segment it"
-    box_points = ("foreground",)
+    box_points = ("foreground", "background")
     points_keys = ("foreground", "background")
     crop_size = (80, 80, 80)
     padding_mm = 24.0

@@ -1,18 +1,24 @@
 """The two click models' shared pipeline: crop around the points, add point heatmaps, infer, paste back.
 
 Both infer on a crop resampled to `crop_size`, never on the whole volume, so a click costs the same on
-a 512×512×300 CT as on a small one.
+a 512×512×300 CT as on a small one. When the predicted object reaches the crop's border (inside the
+image), the field of view was too small for it: the task zooms out (a crop `zoom_factor` times larger in
+mm, the same `crop_size` voxels, so coarser) and infers again, at most `max_zoom_outs` times, so one click
+segments a whole liver (nnInteractive's auto-zoom, Isensee et al. 2025).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
+import numpy as np
+import torch
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import EnsureTyped, ScaleIntensityRanged
+from monai.transforms import EnsureTyped, MapTransform, ScaleIntensityRanged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
+from lib.transforms.transforms import ZOOM_BOX, bare
 
 from .base import AppInferTask
 
@@ -44,6 +50,62 @@ def click_preprocessing(
     ]
 
 
+UNCROPPED = "uncropped"  # data key: the image and points before the crop (for a zoom-out pass)
+TOUCH_FRACTION = 0.003  # a crop face "touched" when this share of its voxels is foreground
+
+
+class KeepUncroppedd(MapTransform):
+    """Keep references (no copy) to the image and the points as they are before the crop."""
+
+    def __init__(self, keys, points_keys: Sequence[str]):
+        super().__init__(keys)
+        self.points_keys = tuple(points_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        d[UNCROPPED] = {k: d[k] for k in (*self.keys, *self.points_keys) if k in d}
+        return d
+
+
+def touched_faces(scores: torch.Tensor, fraction: float = TOUCH_FRACTION) -> np.ndarray:
+    """3×2 booleans: does the foreground (score > 0, X×Y×Z) cover `fraction` of each face of the crop?"""
+    foreground = scores > 0
+    touched = np.zeros((3, 2), dtype=bool)
+    for axis in range(3):
+        for side, index in enumerate((0, -1)):
+            face = foreground.select(axis, index)
+            touched[axis, side] = bool(face.sum() >= max(1.0, fraction * face.numel()))
+    return touched
+
+
+def zoomed_box(
+    start: Sequence[int], end: Sequence[int], shape: Sequence[int], touched: np.ndarray, factor: float
+) -> tuple[list[int], list[int]] | None:
+    """The next, `factor` times larger box ([start, end)) for a prediction that touched the faces
+    `touched` (3×2) of the box, or None when no touched face can move (it is the image's edge).
+
+    It grows away from the touched faces: a box touched on one side only keeps a tenth of its size
+    beyond the other; one touched on both sides, or neither, grows about its centre. Shifted, not
+    shrunk, to stay inside the image.
+    """
+    start, end, shape = (np.asarray(v, dtype=int) for v in (start, end, shape))
+    movable = touched & np.stack([start > 0, end < shape], axis=1)
+    if not movable.any():
+        return None
+    size = end - start
+    new_size = np.minimum(np.ceil(size * factor).astype(int), shape)
+    new_start = np.round((start + end) / 2 - new_size / 2).astype(int)
+    margin = np.ceil(size / 10).astype(int)
+    low_only, high_only = movable[:, 0] & ~movable[:, 1], movable[:, 1] & ~movable[:, 0]
+    new_start = np.where(low_only, end + margin - new_size, new_start)
+    new_start = np.where(high_only, start - margin, new_start)
+    new_start = np.clip(new_start, 0, shape - new_size)
+    new_end = new_start + new_size
+    if (new_start == start).all() and (new_end == end).all():
+        return None
+    return new_start.tolist(), new_end.tolist()
+
+
 class InteractiveTask(AppInferTask):
     """Point-driven 3D task: subclasses say which points shape the box and which become heatmaps."""
 
@@ -55,6 +117,8 @@ class InteractiveTask(AppInferTask):
     padding_mm: float = 20.0
     min_size_mm: float = 0.0
     sigma: float = 2.0
+    max_zoom_outs: int = 2
+    zoom_factor: float = 2.0
 
     def __init__(self, path, network, **kwargs):
         super().__init__(
@@ -75,6 +139,7 @@ class InteractiveTask(AppInferTask):
 
     def point_dependent_transforms(self) -> list[Callable]:
         return [
+            KeepUncroppedd(keys="image", points_keys=self.points_keys),
             *click_preprocessing(
                 ("image",),
                 ("trilinear",),
@@ -90,6 +155,23 @@ class InteractiveTask(AppInferTask):
 
     def inferer(self, data=None) -> Inferer:
         return SimpleInferer()
+
+    def run_inferer(self, data, convert_to_batch=True, device="cuda"):
+        """Infer on the crop; while the object reaches the crop's border, zoom out and infer again."""
+        data = super().run_inferer(data, convert_to_batch, device)
+        for zoom in range(self.max_zoom_outs):
+            logits = bare(data[self.output_label_key]).float()
+            scores = logits[1] - logits[0] if logits.shape[0] == 2 else logits[0]
+            start, end = data["crop_box"]
+            box = zoomed_box(start, end, data["image_shape"], touched_faces(scores), self.zoom_factor)
+            if box is None:
+                break
+            redo = {**data, **data[UNCROPPED], ZOOM_BOX: box}
+            for transform in self.point_dependent_transforms():
+                redo = transform(redo)
+            redo["zoom_outs"] = zoom + 1
+            data = super().run_inferer(redo, convert_to_batch, device)
+        return data
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [PasteCropd(keys="pred", result_key=self.output_json_key), RestoreGeometryd(keys="pred")]

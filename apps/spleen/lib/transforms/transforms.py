@@ -17,6 +17,7 @@ from server.inference import PRED_BOX  # data key: the box outside which the pas
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded
+ZOOM_BOX = "zoom_box"  # data key: a [start, end) box that CropAroundPointsd uses instead of its own (zoom-out)
 
 
 class LoadImageOrTensord(MapTransform):
@@ -88,6 +89,7 @@ class CropAroundPointsd(MapTransform):
     image's), not on the whole volume. Every points key in
     `points_keys` ([[i, j, k], ...] of the full image) is mapped into the resampled crop; the box and the
     full image shape are kept (`crop_box`, `image_shape`) so `PasteCropd` can put the mask back.
+    A box given under `ZOOM_BOX` (a zoom-out pass of the click models) replaces the one around the points.
     """
 
     def __init__(
@@ -113,6 +115,8 @@ class CropAroundPointsd(MapTransform):
         spacing = np.asarray(reference.pixdim, dtype=float)[:3]
         points = np.concatenate([np.asarray(d[k], dtype=float).reshape(-1, 3) for k in self.box_points])
         start, end = crop_box(points, shape, spacing, self.padding_mm, self.min_size_mm)
+        if d.get(ZOOM_BOX) is not None:
+            start, end = (np.asarray(v, dtype=int) for v in d[ZOOM_BOX])
         scale = np.asarray(self.roi_size) / (end - start)
         for key, mode in zip(self.key_iterator(d), self.modes, strict=False):
             crop = bare(d[key])[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]

@@ -1,0 +1,104 @@
+"""The click models' zoom-out: when the object reaches the crop's border, infer again on a larger crop.
+
+The network is replaced by a threshold (foreground where the CT channel is bright), so what the task
+returns is decided by its crops alone: a long bright bar clicked in its middle is whole only if the
+crop grew to hold it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from lib.evaluation import dice
+from lib.infers import DeepGrow3D, ExtremePoints
+from lib.infers.interactive import touched_faces, zoomed_box
+from server.imageio import to_array
+from server.inference import run_model
+from server.registry import ServedModel
+
+SPACING = (2.0, 2.0, 2.0)
+SHAPE = (240, 120, 100)  # 480 × 240 × 200 mm
+
+
+class Threshold(torch.nn.Module):
+    """Stand-in network: logits (background 0, object ±) from the windowed CT channel alone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (x[:, :1] - 0.5) * 20.0
+        return torch.cat([torch.zeros_like(score), score], dim=1)
+
+
+def bar_image() -> tuple[sitk.Image, np.ndarray]:
+    """Soft tissue (40 HU) holding a bright bar (400 HU) 360 mm long in i, 40 mm across."""
+    hu = np.full(SHAPE, 40, dtype=np.int16)
+    bar = np.zeros(SHAPE, dtype=bool)
+    bar[30:210, 50:70, 40:60] = True
+    hu[bar] = 400
+    image = sitk.GetImageFromArray(hu.T.copy())
+    image.SetSpacing(SPACING)
+    return image, bar
+
+
+def served(task_class, tmp_path) -> ServedModel:
+    weights = tmp_path / f"{task_class.__name__}.pt"
+    torch.save(Threshold().state_dict(), weights)
+    task = task_class(path=str(weights), network=Threshold(), engine="torch")
+    return ServedModel(name=task_class.__name__, task=task, source="test")
+
+
+def test_zoomed_box_grows_away_from_the_touched_face():
+    touched = np.zeros((3, 2), dtype=bool)
+    touched[0, 1] = True  # the object leaves the box at high i
+    start, end = zoomed_box([50, 50, 50], [100, 100, 100], [400, 400, 400], touched, 2.0)
+    assert end[0] - start[0] == 100 and start[0] == 45  # kept a tenth of the old size below the box
+    assert (start[1], end[1]) == (25, 125)  # untouched axes grow about their centre
+
+
+def test_zoomed_box_stops_at_the_image_edge():
+    touched = np.zeros((3, 2), dtype=bool)
+    touched[2, 0] = True  # touched at k = 0, which is also the image's edge: nothing to see beyond it
+    assert zoomed_box([10, 10, 0], [60, 60, 40], [70, 70, 40], touched, 2.0) is None
+
+
+def test_touched_faces_needs_more_than_a_voxel():
+    scores = -torch.ones(20, 20, 20)
+    scores[5:15, 5:15, 0:10] = 1  # reaches the k = 0 face over 100 of its 400 voxels
+    scores[19, 10, 10] = 1  # a single voxel on the i = 19 face
+    touched = touched_faces(scores)
+    assert touched[2, 0] and touched.sum() == 1
+
+
+def test_one_click_segments_an_object_larger_than_the_first_crop(tmp_path):
+    image, bar = bar_image()
+    model = served(DeepGrow3D, tmp_path)
+    model.task.max_zoom_outs = 0
+    first, first_result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": []})
+    model.task.max_zoom_outs = DeepGrow3D.max_zoom_outs
+    mask, result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": []})
+    (i0, i1), _, _ = first_result["crop"]
+    assert (i1 - i0) * SPACING[0] < 200  # the first crop holds less than the bar's 360 mm
+    assert dice(first, bar) < 0.7
+    (i0, i1), _, _ = result["crop"]
+    assert i0 <= 30 and i1 >= 210  # zoomed out to the whole bar
+    assert dice(mask, bar) > 0.9  # on a coarser crop (up to 6 mm voxels across a 40 mm bar)
+
+
+def test_background_clicks_are_inside_the_crop(tmp_path):
+    image, _ = bar_image()
+    model = served(DeepGrow3D, tmp_path)
+    model.task.max_zoom_outs = 0
+    _, result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": [[20, 60, 50]]})
+    (i0, i1), _, _ = result["crop"]
+    assert i0 <= 20 < i1
+
+
+def test_extreme_points_do_not_zoom(tmp_path):
+    image, bar = bar_image()
+    points = [[30, 60, 50], [209, 60, 50], [120, 50, 50], [120, 69, 50], [120, 60, 40], [120, 60, 59]]
+    mask, result = run_model(served(ExtremePoints, tmp_path), image, {"points": points})
+    (i0, i1), _, _ = result["crop"]
+    assert i0 <= 30 and i1 >= 210 and (i1 - i0) * SPACING[0] < 420  # the points' box and its padding
+    assert dice(mask, bar) > 0.95
+    assert to_array(image).shape == mask.shape
