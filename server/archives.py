@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import BadRequest, PayloadTooLarge
+from .registry import MARKER, TOMBSTONE
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ MODEL_FILE_NAMES = {"ts": "model.ts", "pt": "model.pt", "onnx": "model.onnx"}
 MODEL_FILE_EXTENSIONS = {".ts": "ts", ".pt": "pt", ".pth": "pt", ".onnx": "onnx"}
 ARCHIVE_EXTENSIONS = (".zip", ".tar", ".tgz", ".tar.gz", ".gz")
 SKIPPED_MEMBERS = ("__MACOSX", ".DS_Store")  # what macOS adds to a zip; never part of a model
+# The repository's own markers: an upload holding one could pass, after a crash, for a finished install.
+RESERVED_NAMES = (MARKER, TOMBSTONE)
 _CHUNK = 1024**2
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -108,6 +111,8 @@ def member_path(archive: str, name: str) -> PurePosixPath | None:
         raise refuse(archive, name, "points outside the archive ('..')")
     if not parts or parts[0] == "__MACOSX" or parts[-1] == ".DS_Store":
         return None
+    if parts[-1] in RESERVED_NAMES:
+        raise refuse(archive, name, "has a name the model repository keeps for itself")
     return PurePosixPath(*parts)
 
 

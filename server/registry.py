@@ -7,8 +7,9 @@ is complete once its marker `.aiaa-model.json` exists; the marker is written las
 model loaded and passed a test inference. The served version of a name is its newest complete folder; a
 marker plus `.aiaa-deleted` means the name was deleted. So a crash (`kill -9`) at any moment leaves,
 after restart, either the old or the new version, never a half one: `.staging/`, `.trash/`, unmarked and
-superseded folders are removed at startup. A replaced or deleted version's folder is removed when the last
-request using it finishes.
+superseded folders are removed at startup. Every model is loaded at start-up through today's checks
+(`model_formats`): one that fails them is not served, is logged, and is listed in `failed`. A replaced
+or deleted version's folder is removed when the last request using it finishes.
 
 The app's models (`apps/spleen`) are seeded into the repository on first start (their weights copied to
 `models/model.pt`, loaded through the app's own config classes), so an admin can replace or delete them
@@ -244,6 +245,7 @@ class ModelRegistry:
         self.device = device
         self.root.mkdir(parents=True, exist_ok=True)
         self._models: dict[str, ServedModel] = {m.name: m for m in models or []}
+        self.failed: dict[str, str] = {}  # name → why its installed version was not served at start-up
         self._write_lock = threading.Lock()
         self._name_locks: dict[str, threading.RLock] = {}
         self._last_id = 0
@@ -295,9 +297,13 @@ class ModelRegistry:
                 folders[name] = seeded
         models = {}
         for name, folder in sorted(folders.items()):
-            try:
+            try:  # today's rules: a model installed under older ones that fails them now is never run
                 models[name] = registry._load(folder, name)
-            except Exception:
+            except ApiError as error:
+                registry.failed[name] = error.message
+                logger.error("not serving '%s': %s fails the checks of this version: %s", name, folder.name, error)
+            except Exception as error:
+                registry.failed[name] = f"does not load ({type(error).__name__})"
                 logger.exception("not serving '%s': its folder %s does not load", name, folder)
         registry._models = models
         logger.info("serving %d model(s) from %s: %s", len(models), registry.root, ", ".join(models))
@@ -437,6 +443,7 @@ class ModelRegistry:
 
     def _publish(self, name: str, model: ServedModel | None) -> None:
         with self._write_lock:
+            self.failed.pop(name, None)
             models = dict(self._models)
             old = models.pop(name, None)
             if model is not None:

@@ -214,3 +214,76 @@ def tar_bytes(files: Files, prefix: str = "", compression: str = "gz") -> bytes:
 
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=6)
+
+
+class _SetStatePayload(torch.nn.Module):
+    """A submodule whose TorchScript `__setstate__` (run by `torch.jit.load`) creates `path` with
+    `torch.from_file(..., shared=True)`."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.path, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.path = state[0]
+        created = torch.from_file(self.path, True, 16)
+        self.training = state[1] and created.numel() > 0
+
+
+class _WithPayload(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.net = tiny_unet()
+        self.payload = _SetStatePayload(path)
+
+    def forward(self, x):
+        return self.net(self.payload(x))
+
+
+def setstate_torchscript(marker: str) -> bytes:
+    """A working tiny UNet as TorchScript whose loading creates the file `marker` (a hostile upload)."""
+    buffer = io.BytesIO()
+    torch.jit.save(torch.jit.script(_WithPayload(marker)), buffer)
+    return buffer.getvalue()
+
+
+def rewrite_torchscript(data: bytes, old: str, new: str) -> bytes:
+    """The archive with `old` replaced by `new` in its code files (a payload spelled another way)."""
+    source, target = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with source, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:
+        for info in source.infolist():
+            content = source.read(info)
+            if info.filename.endswith(".py"):
+                content = content.replace(old.encode(), new.encode())
+            out.writestr(info, content)
+    return target.getvalue()
+
+
+def onnx_with(domain: str = "", external: str | None = None) -> bytes:
+    """A one-node ONNX graph (Identity on the image, 2 channels by Concat): an operator of `domain`, or
+    a weight kept in the `external` file."""
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["b", 1, "x", "y", "z"])
+    pred = helper.make_tensor_value_info("pred", TensorProto.FLOAT, ["b", 2, "x", "y", "z"])
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [1], [1.0])
+    if external is not None:
+        scale.ClearField("float_data")
+        scale.data_location = TensorProto.EXTERNAL
+        entry = scale.external_data.add()
+        entry.key, entry.value = "location", external
+    nodes = [
+        helper.make_node("Mul", ["image", "scale"], ["scaled"], domain=domain),
+        helper.make_node("Concat", ["scaled", "image"], ["pred"], axis=1),
+    ]
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    graph = helper.make_graph(nodes, "g", [image], [pred], initializer=[scale])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()

@@ -26,7 +26,18 @@ from admin_helpers import (
     two_parts,
 )
 from conftest import REPO_ROOT, stop_server
-from model_archives import mmar_files, model_bytes, tar_bytes, tiny_unet, unet_network_section, v4_config, zip_bytes
+from model_archives import (
+    bundle_files,
+    mmar_files,
+    model_bytes,
+    onnx_with,
+    setstate_torchscript,
+    tar_bytes,
+    tiny_unet,
+    unet_network_section,
+    v4_config,
+    zip_bytes,
+)
 
 EVIL = f"aiaa_evil_{uuid.uuid4().hex[:12]}"  # every file a hostile upload tries to create is named after this
 SENTINEL = Path("/tmp") / f"{EVIL}_pickle_ran"
@@ -156,6 +167,33 @@ def mmar_with_evil_pickle() -> bytes:
     return zip_bytes(files)
 
 
+def with_step(where: str, step: dict) -> bytes:
+    """An MMAR archive whose config has `step` as the second step of `where`."""
+    config = v4_config()
+    config[where].insert(1, step)
+    return with_config(json.dumps(config).encode())
+
+
+def loader_running(command: list[str]) -> dict:
+    """MONAI's alias of LoadImaged, with a reader name MONAI resolves and calls with the extra args."""
+    return {
+        "name": "monai.transforms.LoadImageD",
+        "args": {"keys": "image", "reader": "subprocess.call", "args": command},
+    }
+
+
+def bundle_archive(change) -> bytes:
+    files = bundle_files()
+    config = json.loads(files["configs/inference.json"])
+    change(config)
+    files["configs/inference.json"] = json.dumps(config).encode()
+    return zip_bytes(files, prefix="bundle")
+
+
+def preprocessing_step(index: int, step: dict):
+    return lambda config: config["preprocessing"]["transforms"].insert(index, step)
+
+
 # name → (the request's files, status, a phrase the message must hold)
 HOSTILE = {
     "zip_slip": (
@@ -261,6 +299,89 @@ HOSTILE = {
         f"at most {MAX_UPLOAD_MB} MB",
     ),
     "no_data_part": (lambda: {"model": ("m.zip", zip_bytes(valid_mmar()))}, 400, "'data' file part"),
+    # code execution: names, arguments, bundle expressions, weights (issue 12, point 3)
+    "alias_loader_with_a_reader_that_runs_a_command": (
+        lambda: archive_part("m.zip", with_step("pre_transforms", loader_running(["touch", f"/tmp/{EVIL}_reader"]))),
+        400,
+        "'subprocess.call' names a Python object",
+    ),
+    "loader_reader_builtins_eval": (
+        lambda: archive_part(
+            "m.zip", with_step("pre_transforms", {"name": "LoadImageDict", "args": {"keys": "image", "reader": "eval"}})
+        ),
+        400,
+        "names a Python builtin",
+    ),
+    "alias_saver_writing_anywhere": (
+        lambda: archive_part(
+            "m.zip",
+            with_step(
+                "post_transforms", {"name": "SaveImageD", "args": {"keys": "pred", "output_dir": f"/tmp/{EVIL}"}}
+            ),
+        ),
+        400,
+        "writes files",
+    ),
+    "alias_lambda": (
+        lambda: archive_part("m.zip", with_step("pre_transforms", {"name": "LambdaD", "args": {"keys": "image"}})),
+        400,
+        "MONAI's Lambdad",
+    ),
+    "bundle_target_os_system": (
+        lambda: archive_part(
+            "b.zip", bundle_archive(preprocessing_step(1, {"_target_": "os.system", "command": f"touch /tmp/{EVIL}"}))
+        ),
+        400,
+        "_target_ 'os.system' is not allowed",
+    ),
+    "bundle_alias_loader_with_a_reader": (
+        lambda: archive_part(
+            "b.zip",
+            bundle_archive(
+                preprocessing_step(0, {"_target_": "LoadImageD", **loader_running(["touch", EVIL])["args"]})
+            ),
+        ),
+        400,
+        "'subprocess.call' names a Python object",
+    ),
+    "bundle_import_expression": (
+        lambda: archive_part(
+            "b.zip",
+            bundle_archive(
+                preprocessing_step(1, {"_target_": "EnsureTyped", "keys": f"$__import__('os').system('touch {EVIL}')"})
+            ),
+        ),
+        400,
+        "is not accepted",
+    ),
+    "bundle_macro_reading_a_file": (
+        lambda: archive_part("b.zip", bundle_archive(lambda c: c["inferer"].__setitem__("roi_size", "%/etc/passwd#a"))),
+        400,
+        "macros",
+    ),
+    "torchscript_setstate_creating_a_file": (
+        lambda: two_parts(v4_config(), "model.ts", setstate_torchscript(f"/tmp/{EVIL}_setstate")),
+        400,
+        "uses 'from_file'",
+    ),
+    "torchscript_setstate_in_an_archive": (
+        lambda: archive_part(
+            "m.zip", zip_bytes({**valid_mmar(), "models/model.ts": setstate_torchscript(f"/tmp/{EVIL}_setstate")})
+        ),
+        400,
+        "TorchScript may only do tensor math",
+    ),
+    "onnx_custom_operator": (lambda: two_parts(v4_config(), "model.onnx", onnx_with("com.evil")), 400, "com.evil"),
+    "onnx_weights_from_a_server_file": (
+        lambda: two_parts(v4_config(), "model.onnx", onnx_with(external="/etc/passwd")),
+        400,
+        "external file",
+    ),
+    "archive_with_the_repository_marker": (
+        lambda: archive_part("m.zip", zip_bytes({**valid_mmar(), ".aiaa-model.json": b'{"format": "app"}'})),
+        400,
+        "keeps for itself",
+    ),
 }
 
 
