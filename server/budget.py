@@ -23,20 +23,21 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from monai import transforms as mt
 
 from .errors import PayloadTooLarge
-from .imageio import ras_affine
+from .imageio import ImageHeader
 
 logger = logging.getLogger(__name__)
 
 FLOAT_BYTES = 4
+MAX_EXTENT_MM = 1e15
+"""Extents beyond this (a hostile header's 1e308 mm spacing) are costed as this: already far over any budget."""
 MASK_BYTES_PER_VOXEL = 2
 """The uint8 mask on the input grid and its encoded copy."""
 
@@ -56,11 +57,20 @@ def request_limit(memory_budget_bytes: int, workers: int) -> int:
     return memory_budget_bytes // max(1, workers)
 
 
-class MemoryLedger:
-    """What one request may still allocate; `charge` before allocating, 413 when it would not fit."""
+Plan = Callable[[ImageHeader], tuple[int, str]]
+"""What a request will allocate for an image, from its header: bytes and a description (`pipeline_bytes`)."""
 
-    def __init__(self, limit_bytes: int):
+
+class MemoryLedger:
+    """What one request may still allocate; `charge` before allocating, 413 when it would not fit.
+
+    With a `plan` (the model's pipeline), charging an image's header also charges what the pipeline will
+    make of it, so a request whose grids would not fit is refused before a single pixel is decoded.
+    """
+
+    def __init__(self, limit_bytes: int, plan: Plan | None = None):
         self.limit = int(limit_bytes)
+        self.plan = plan
         self.used = 0
 
     def charge(self, nbytes: int, what: str) -> None:
@@ -73,6 +83,13 @@ class MemoryLedger:
                 f"limit is {gib(self.limit)} per request. Send a smaller image (or one at a coarser spacing)."
             )
         self.used += nbytes
+
+    def charge_image(self, header: ImageHeader, *, decoded: bool = False) -> None:
+        """Charge an image about to be decoded (unless `decoded`: a session's) and the plan's grids for it."""
+        if not decoded:
+            self.charge(header.nbytes, f"the decoded {header.dims()} image")
+        if self.plan is not None:
+            self.charge(*self.plan(header))
 
 
 # ------------------------------------------------------------------------------------- grid planning
@@ -94,11 +111,14 @@ class Grid:
         return "×".join(str(n) for n in self.shape)
 
 
-def image_grid(image: sitk.Image) -> Grid:
-    affine = ras_affine(image)[:3, :3]
-    spacing = np.linalg.norm(affine, axis=0)
-    rotation = affine / np.where(spacing > 0, spacing, 1)
-    shape = (*image.GetSize(), 1)[:3]
+def image_grid(header: ImageHeader) -> Grid:
+    """The header's grid in RAS, as the pipeline's MetaTensor carries it (2D: a unit third axis)."""
+    dim = len(header.size)
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.reshape(header.direction, (dim, dim))
+    rotation = np.diag([-1.0, -1.0, 1.0]) @ direction  # LPS → RAS
+    spacing = (*header.spacing, 1.0, 1.0)[:3]
+    shape = (*header.size, 1, 1)[:3]
     return Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), tuple(map(tuple, rotation)))
 
 
@@ -111,7 +131,7 @@ def _orient(grid: Grid, axcodes: str | None) -> Grid:
     if not axcodes:
         return grid
     affine = np.eye(4)
-    affine[:3, :3] = np.array(grid.rotation) * np.array(grid.spacing)
+    affine[:3, :3] = np.array(grid.rotation)  # the axes' directions decide the permutation, not their spacing
     current = nib.orientations.io_orientation(affine)
     target = nib.orientations.axcodes2ornt(axcodes)
     order = np.argsort(nib.orientations.ornt_transform(current, target)[:, 0].astype(int))
@@ -120,9 +140,10 @@ def _orient(grid: Grid, axcodes: str | None) -> Grid:
 
 
 def _respace(grid: Grid, pixdim, diagonal: bool) -> Grid:
-    extent = np.array(grid.shape) * np.array(grid.spacing)
+    extent = np.array(grid.shape, dtype=float) * np.array(grid.spacing)
     if diagonal:  # resampled onto world axes: the rotated volume's bounding box
         extent = np.abs(np.array(grid.rotation)) @ extent
+    extent = np.minimum(np.nan_to_num(extent, nan=MAX_EXTENT_MM, posinf=MAX_EXTENT_MM), MAX_EXTENT_MM)
     shape, spacing = [], []
     for n, old, size, new in zip(grid.shape, grid.spacing, extent, _per_axis(pixdim, len(grid.shape)), strict=True):
         if new is None or not np.isfinite(new) or new <= 0:
@@ -220,32 +241,31 @@ def _flatten(transforms) -> list:
     return flat
 
 
-def pipeline_bytes(task, image: sitk.Image, channels: int) -> tuple[int, str]:
-    """Estimated peak bytes of running `task` on `image` with `channels` output classes, and what the
-    largest part of it is (for the 413 message)."""
-    grid = image_grid(image)
-    pixel = image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+def pipeline_bytes(task, header: ImageHeader, channels: int) -> tuple[int, str]:
+    """Estimated peak bytes of running `task` on an image with this header and `channels` output classes,
+    and what the largest part of it is (for the 413 message)."""
+    grid = image_grid(header)
     transforms = _pre_transforms(task)
     whole_volume = transforms is None
     grids: list[Grid] = []
     for transform in _flatten(transforms or []):
-        new, spans = plan(transform, grid)
+        try:
+            new, spans = plan(transform, grid)
+        except (ArithmeticError, ValueError, TypeError):  # odd arguments: cost it as keeping the whole grid
+            logger.info("could not plan the grid of %s; costed as the whole volume", type(transform).__name__)
+            new, spans = grid, True
         whole_volume |= spans
         if new.shape != grid.shape:
             grids.append(new)
         grid = new
     if not grids:
         grids = [grid]  # the network runs on the input grid itself
-    per_input = pixel + MASK_BYTES_PER_VOXEL + FLOAT_BYTES * (1 + channels if whole_volume else 1)
-    input_bytes = image_grid(image).voxels * per_input
+    per_input = header.pixel_bytes + MASK_BYTES_PER_VOXEL + FLOAT_BYTES * (1 + channels if whole_volume else 1)
+    input_bytes = header.voxels * per_input
     work = [g.voxels * grid_bytes_per_voxel(channels) for g in grids]
     largest = max(range(len(grids)), key=lambda i: work[i])
     if work[largest] >= input_bytes:
         what = f"the model's {grids[largest].dims()} working grid"
     else:
-        what = f"the model's pipeline on the {image_grid(image).dims()} image"
+        what = f"the model's pipeline on the {header.dims()} image"
     return input_bytes + sum(work), what
-
-
-def decoded_bytes(size: Sequence[int], bytes_per_pixel: int) -> int:
-    return math.prod(int(s) for s in size) * int(bytes_per_pixel)

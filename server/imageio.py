@@ -32,6 +32,7 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -248,7 +249,7 @@ def _read_volume(path: Path, ext: str, *, max_voxels: int, ledger: Ledger | None
         raise _itk_error(exc, name, format_name) from None
     _check_voxels(reader.GetSize(), max_voxels)
     _check_geometry(reader, f"'{name}'", format_name)
-    _charge(ledger, reader.GetSize(), reader)
+    _charge(ledger, reader)
 
     with tempfile.TemporaryDirectory(prefix="aiaa-read-") as tmp:
         if format_name == "NIfTI":
@@ -259,23 +260,56 @@ def _read_volume(path: Path, ext: str, *, max_voxels: int, ledger: Ledger | None
             raise _itk_error(exc, name, format_name) from None
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """An image's grid and pixel size as its header states them, before (or without) decoding pixels."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    direction: tuple[float, ...]
+    pixel_bytes: int  # per voxel, all components
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.voxels * self.pixel_bytes
+
+    def dims(self) -> str:
+        return "×".join(str(n) for n in self.size)
+
+    @classmethod
+    def of(cls, image: sitk.Image | sitk.ImageFileReader, size: Sequence[int] | None = None) -> ImageHeader:
+        """The header of a decoded image, or of what a reader read (`size` overrides, e.g. a DICOM stack's)."""
+        if isinstance(image, sitk.Image):
+            pixel = image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
+        else:
+            components = max(1, image.GetNumberOfComponents())
+            probe = sitk.Image([1] * max(2, len(image.GetSize())), image.GetPixelID(), components)
+            pixel = probe.GetSizeOfPixelComponent() * components
+        size = tuple(int(n) for n in (size if size is not None else image.GetSize()))
+        spacing = tuple(image.GetSpacing())
+        direction = tuple(image.GetDirection())
+        if len(spacing) < len(size):  # a DICOM slice's header describes a 2D grid: a unit third axis
+            spacing = (*spacing, 1.0)
+            if len(direction) == 4:
+                square = np.eye(3)
+                square[:2, :2] = np.reshape(direction, (2, 2))
+                direction = tuple(square.ravel())
+        return cls(size, spacing, direction, pixel)
+
+
 class Ledger(Protocol):
-    """A request's memory budget (`server.budget.MemoryLedger`): charged before pixels are decoded."""
+    """A request's memory budget (`server.budget.MemoryLedger`), charged before any pixel is decoded."""
 
-    def charge(self, nbytes: int, what: str) -> None: ...
-
-
-def _pixel_bytes(size: Sequence[int], info: sitk.ImageFileReader) -> int:
-    """Bytes of the decoded pixels of an image whose header `info` read (native type, all components)."""
-    components = max(1, info.GetNumberOfComponents())
-    probe = sitk.Image([1] * max(2, len(size)), info.GetPixelID(), components)
-    return int(np.prod([int(n) for n in size], dtype=object)) * probe.GetSizeOfPixelComponent() * components
+    def charge_image(self, header: ImageHeader) -> None: ...
 
 
-def _charge(ledger: Ledger | None, size: Sequence[int], info: sitk.ImageFileReader) -> None:
+def _charge(ledger: Ledger | None, info: sitk.ImageFileReader, size: Sequence[int] | None = None) -> None:
     if ledger is not None:
-        dims = "×".join(str(int(n)) for n in size)
-        ledger.charge(_pixel_bytes(size, info), f"the decoded {dims} image")
+        ledger.charge_image(ImageHeader.of(info, size))
 
 
 _ORTHONORMAL_TOLERANCE = 1e-3  # scanners' direction cosines are orthogonal to ~1e-6; ITK's NIfTI check is 1e-4
@@ -524,7 +558,7 @@ def _read_dicom_dir(
     _check_voxels(size, max_voxels)
     _check_dicom_pixels_present(files, info, source)
     _check_geometry(info, source, "DICOM")
-    _charge(ledger, size, info)
+    _charge(ledger, info, size)
 
     reader = sitk.ImageSeriesReader()
     reader.SetImageIO("GDCMImageIO")

@@ -9,7 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from flask import current_app, request
 
-from .budget import MemoryLedger, request_limit
+from .budget import MemoryLedger, Plan, request_limit
 from .errors import BadRequest
 from .imageio import read_image, upload_basename
 from .params import parse_params, query_text
@@ -27,12 +27,12 @@ def upload_parts() -> list:
     return [request.files[k] for k in series]
 
 
-def request_ledger() -> MemoryLedger:
-    """A fresh memory ledger holding one request's share of the server's memory budget."""
+def request_ledger(plan: Plan | None = None) -> MemoryLedger:
+    """A fresh memory ledger holding one request's share of the server's memory budget (`plan`: what the
+    request will make of its image, charged with the image's header)."""
     settings = current_app.config["SETTINGS"]
-    return MemoryLedger(
-        request_limit(settings.memory_budget_bytes, settings.interactive_workers + settings.batch_workers)
-    )
+    limit = request_limit(settings.memory_budget_bytes, settings.interactive_workers + settings.batch_workers)
+    return MemoryLedger(limit, plan)
 
 
 def request_image(ledger: MemoryLedger | None = None) -> sitk.Image:

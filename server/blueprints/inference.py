@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import params as checked
 from ..budget import pipeline_bytes
 from ..errors import BadRequest
-from ..imageio import require_3d
+from ..imageio import ImageHeader, require_3d
 from ..inference import run_model
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
@@ -94,12 +94,15 @@ def infer(op: str, model_type: str | None = None):
     session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
     device = current_app.config["SETTINGS"].device
     with scheduler().run(model.type) as queued:
-        ledger = request_ledger()
-        image = session.image if session else request_image(ledger)
+        ledger = request_ledger(plan=model_plan(model))
+        if session:
+            image = session.image
+            ledger.charge_image(ImageHeader.of(image), decoded=True)
+        else:
+            image = request_image(ledger)  # refused from its header when it or the model's grids would not fit
         if model.task.dimension == 3:
             require_3d(image, model.name)
         inputs = TASK_INPUTS[model.type](params, image)
-        charge_pipeline(ledger, model, image)
         mask, result = run_model(model, image, inputs, device=device, session=session)
         result["latencies"]["queue"] = round(queued, 4)
         reply = mask_reply(mask, image, result, params, output)
@@ -107,10 +110,15 @@ def infer(op: str, model_type: str | None = None):
     return reply
 
 
-def charge_pipeline(ledger, model: ServedModel, image) -> None:
-    """Charge what the model's pipeline will allocate on this image, before it runs (413 if too much)."""
-    nbytes, what = pipeline_bytes(model.task, image, channels=max(2, len(model.labels) + 1))
-    ledger.charge(nbytes, f"{what} of model '{model.name}'")
+def model_plan(model: ServedModel):
+    """What the model's pipeline will allocate for an image header (`server.budget.pipeline_bytes`)."""
+    channels = max(2, len(model.labels) + 1)
+
+    def plan(header: ImageHeader) -> tuple[int, str]:
+        nbytes, what = pipeline_bytes(model.task, header, channels)
+        return nbytes, f"{what} of model '{model.name}'"
+
+    return plan
 
 
 @bp.post("/v1/segmentation")

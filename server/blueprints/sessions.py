@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, jsonify
 from .. import params as checked
 from ..budget import MemoryLedger
 from ..errors import NotFound, SessionExpired
-from ..imageio import read_image
+from ..imageio import ImageHeader, read_image
 from ..openapi import SESSION_FORM, SESSION_INFO_REF, Param, document, json_reply
 from ..scheduler import Scheduler, Work
 from ..sessions import SessionStore
@@ -34,9 +34,9 @@ class SessionLedger:
     def __init__(self, ledger: MemoryLedger, sessions: SessionStore):
         self.ledger, self.sessions = ledger, sessions
 
-    def charge(self, nbytes: int, what: str) -> None:
-        self.sessions.require_room(nbytes)
-        self.ledger.charge(nbytes, what)
+    def charge_image(self, header: ImageHeader) -> None:
+        self.sessions.require_room(header.nbytes)
+        self.ledger.charge_image(header)
 
 
 def requested_expiry() -> float | None:
