@@ -210,7 +210,9 @@ def openapi_path(rule: Rule) -> tuple[str, list[dict]]:
     return _RULE_ARGUMENT.sub(lambda m: "{" + m["name"] + "}", rule.rule), params
 
 
-def operation(rule: Rule, method: str, view: Callable, operation_id: str) -> dict:
+def operation(rule: Rule, method: str, view: Callable, operation_id: str, served: Sequence[str] = ()) -> dict:
+    """One operation; `served` (the model names) becomes the enum of a required `model` parameter, so
+    that the document says what this server runs and a fuzzer reaches past the model lookup."""
     doc: Doc = getattr(view, "openapi", None) or Doc()
     lines = (view.__doc__ or "").strip().splitlines()
     summary = lines[0].strip() if lines else rule.endpoint.split(".")[-1].replace("_", " ")
@@ -218,7 +220,7 @@ def operation(rule: Rule, method: str, view: Callable, operation_id: str) -> dic
         "operationId": operation_id,
         "tags": [rule.endpoint.split(".")[0] if "." in rule.endpoint else "server"],
         "summary": summary,
-        "parameters": openapi_path(rule)[1] + [p.to_openapi() for p in doc.query],
+        "parameters": openapi_path(rule)[1] + [with_served_models(p.to_openapi(), served) for p in doc.query],
         "responses": {"200": doc.reply or json_reply("OK")},
     }
     if len(lines) > 1:
@@ -235,6 +237,12 @@ def operation(rule: Rule, method: str, view: Callable, operation_id: str) -> dic
     return op
 
 
+def with_served_models(param: dict, served: Sequence[str]) -> dict:
+    if param["name"] == MODEL.name and param["required"] and served:
+        return {**param, "schema": {**param["schema"], "enum": sorted(served)}}
+    return param
+
+
 def error_reply(description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}
 
@@ -249,6 +257,8 @@ def build_spec(app: Flask, server_url: str = "/") -> dict:
     """The OpenAPI document of every route of `app` (static files aside)."""
     paths: dict[str, dict] = {}
     taken: set[str] = set()
+    registry = app.extensions.get("aiaa.registry")
+    served = [model.name for model in registry.list()] if registry is not None else []
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
         if rule.endpoint == "static":
             continue
@@ -259,7 +269,7 @@ def build_spec(app: Flask, server_url: str = "/") -> dict:
             while operation_id in taken:  # one view under two rules (/logs and /logs/)
                 operation_id += "_"
             taken.add(operation_id)
-            paths.setdefault(path, {})[method.lower()] = operation(rule, method, view, operation_id)
+            paths.setdefault(path, {})[method.lower()] = operation(rule, method, view, operation_id, served)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
