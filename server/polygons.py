@@ -11,14 +11,15 @@ Contours run along voxel edges (half-integer coordinates between a foreground an
 centre), so filling them with the voxels whose centres are inside (`fill_polygon`) gives the mask back
 exactly when every vertex is kept. Only outer contours are returned: a hole is filled when rasterised.
 
-Work is bounded before anything is allocated: contour vertices by `max_vertices` (counted from the
-mask's boundary before tracing), filling by the rows the edges cross (`row_crossings`), and every
-temporary array by the polygon's bounding box within the grid.
+Work is bounded before anything is allocated: tracing by `plan_tracing` (vertices counted from the
+mask's boundary, the foreground box per slice, and the memory it will take), filling by the rows the
+edges cross (`check_fill_work`), with temporaries no larger than the polygon's box within the grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from skimage import measure
@@ -71,35 +72,51 @@ def _padded_crop(foreground: np.ndarray) -> tuple[np.ndarray | None, tuple[int, 
     return np.pad(crop, 1), (int(rows[0]) - 1, int(cols[0]) - 1)
 
 
-def trace_cost(mask_rc: np.ndarray) -> tuple[int, int]:
-    """What `slice_polygons` costs on a slice: the voxels of the box it traces, and the vertices it traces
-    before thinning (holes included): one per pair of 4-neighbours that differ, counted without tracing."""
-    padded, _ = _padded_crop(np.asarray(mask_rc) != 0)
-    if padded is None:
-        return 0, 0
-    vertices = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
-    return padded.size, int(vertices)
+@dataclass(frozen=True)
+class TracePlan:
+    """What tracing a mask's contours will cost, counted without tracing (`plan_tracing`)."""
+
+    vertices: int  # traced on all slices, before thinning (holes included)
+    largest_slice_vertices: int
+    largest_box: int  # voxels of the largest padded foreground box of one slice
+    slice_voxels: int
+
+    @property
+    def nbytes(self) -> int:
+        """Peak memory: one slice's foreground (bool), its padded box (bool) and skimage's float64 copy of it,
+        skimage's segment tuples (~0.5 kB per vertex of the slice), and every kept vertex (array, JSON)."""
+        return self.slice_voxels + 10 * self.largest_box + 500 * self.largest_slice_vertices + 48 * self.vertices
 
 
-def mask_to_polygons(mask: np.ndarray, more_points: int = 1, max_vertices: int = MAX_VERTICES) -> list[list[Polygon]]:
-    """Polygons of every axial slice k of an `[i, j, k]` mask, in k order, as `[j, i]` vertices; an empty
-    slice gives `[]`. More than `max_vertices` contour vertices in all is a 413, found before tracing."""
-    slices = [mask[:, :, k].T for k in range(mask.shape[2])]  # [j, i]: rows are j
-    total = 0
-    for k, slice_rc in enumerate(slices):
-        box, vertices = trace_cost(slice_rc)
-        if box > MAX_SLICE_VOXELS:
+def plan_tracing(mask: np.ndarray, max_vertices: int = MAX_VERTICES) -> TracePlan:
+    """Cost of `mask_to_polygons` on an `[i, j, k]` mask, one slice at a time (a bool copy of each); 413
+    when a slice's foreground box exceeds `MAX_SLICE_VOXELS` or the vertices exceed `max_vertices`. One
+    vertex is traced per pair of 4-neighbours that differ."""
+    total = largest_slice = largest_box = 0
+    for k in range(mask.shape[2]):
+        padded, _ = _padded_crop(np.asarray(mask[:, :, k].T) != 0)
+        if padded is None:
+            continue
+        if padded.size > MAX_SLICE_VOXELS:
             raise PayloadTooLarge(
-                f"The foreground of slice {k} spans {box} voxels (with a one-voxel margin); contours are traced "
-                f"on at most {MAX_SLICE_VOXELS} voxels (4096×4096) per slice."
+                f"The foreground of slice {k} spans {padded.size} voxels (with a one-voxel margin); contours "
+                f"are traced on at most {MAX_SLICE_VOXELS} voxels (4096×4096) per slice."
             )
+        vertices = int(np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
         total += vertices
         if total > max_vertices:
             raise PayloadTooLarge(
                 f"The mask's contours have more than {max_vertices} vertices (over {total} by slice {k} of "
-                f"{len(slices)}), the limit per request; send a simpler mask or one part of it at a time."
+                f"{mask.shape[2]}), the limit per request; send a simpler mask or one part of it at a time."
             )
-    return [slice_polygons(slice_rc, more_points) for slice_rc in slices]
+        largest_slice, largest_box = max(largest_slice, vertices), max(largest_box, padded.size)
+    return TracePlan(total, largest_slice, largest_box, mask.shape[0] * mask.shape[1])
+
+
+def mask_to_polygons(mask: np.ndarray, more_points: int = 1) -> list[list[Polygon]]:
+    """Polygons of every axial slice k of an `[i, j, k]` mask, in k order, as `[j, i]` vertices; an empty
+    slice gives `[]`. For an untrusted mask, `plan_tracing` first."""
+    return [slice_polygons(mask[:, :, k].T, more_points) for k in range(mask.shape[2])]  # [j, i]: rows are j
 
 
 def signed_area(polygon: Polygon) -> float:

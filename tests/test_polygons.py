@@ -557,3 +557,22 @@ def test_fixpolygon_memory_is_about_one_byte_per_voxel(client, tmp_path):
     assert filled.sum() > 0.4 * size[0] * size[1]
     # the mask (1 byte/voxel), filled in place; the previous fill took ~11 bytes per voxel here
     assert peak < 1.5 * np.prod(size), f"{peak / np.prod(size):.1f} bytes per voxel"
+
+
+def test_masks_and_tracing_are_charged_to_the_request_memory_ledger(client, tmp_path, monkeypatch):
+    size = (3000, 2000, 2)  # decoded 12 MB; the fixpolygon mask 2 bytes per voxel + a slice of toggles: 30 MB
+    image = np.zeros(size, np.uint8)
+    image[100:2900, 100:1900, 1] = 1  # tracing it: its slice, 10 bytes per voxel of its box: ~56 MB
+    data = volume_bytes(image, tmp_path)
+    settings = client.application.config["SETTINGS"]
+    workers = settings.interactive_workers + settings.batch_workers
+    monkeypatch.setattr(settings, "memory_budget_bytes", workers * 40 * 2**20)  # 40 MiB per request
+    fix = post(client, "fixpolygon", {**GOOD_2D, "slice_index": 1}, data)
+    assert fix.status_code == 413, fix.get_data(as_text=True)
+    assert "the 3000×2000×2 mask" in fix.get_json()["error"]["message"]
+    trace = post(client, "mask2polygon", {}, data)
+    assert trace.status_code == 413, trace.get_data(as_text=True)
+    assert "tracing the 9200 contour vertices of the 3000×2000×2 mask" in trace.get_json()["error"]["message"]
+    monkeypatch.setattr(settings, "memory_budget_bytes", workers * 100 * 2**20)
+    assert post(client, "fixpolygon", {**GOOD_2D, "slice_index": 1}, data).status_code == 200
+    assert post(client, "mask2polygon", {}, data).status_code == 200

@@ -4,11 +4,13 @@ Neither needs a model. Vertices are `[row, column]` of an axial slice, `[j, i]` 
 original AIAA server's order, which MITK's SmartPoly tool relies on); `vertex_offset` is added in the same
 order; slices are the k axis. Besides the contract's snake_case names, fixpolygon accepts the camelCase
 names and `prev_poly` that the C++ client and older Python clients send. A 2D image (the C++ client posts
-a PNG slice) gets its mask back as a PNG unless `result_extension` asks for another 2D-capable format.
+a PNG slice) gets its mask back as a PNG unless `result_extension` asks for another format.
 
-Both run in the scheduler's interactive lane, like a click: a running segmentation yields to them, and a
-flood of them gets 503 + Retry-After instead of memory. Every parameter is checked (types, finite
-numbers, ranges, list sizes) and the work is bounded before anything is allocated (`server.polygons`).
+Like inference, every parameter is checked before any work (`server.params`, and here the polygons:
+plain finite numbers, bounded counts), then the upload is decoded and the work done in the scheduler's
+interactive lane, like a click: a running segmentation yields to them, a flood of them gets 503 +
+Retry-After. What they will allocate (the decoded image, the mask, tracing) is charged to the request's
+memory ledger first (`server.budget`, 413), and the work is bounded before it starts (`server.polygons`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import math
 
 import numpy as np
 import SimpleITK as sitk
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
+from .. import params as checked
 from .. import polygons
+from ..budget import MASK_BYTES_PER_VOXEL, MemoryLedger
 from ..errors import BadRequest, PayloadTooLarge
-from ..imageio import MASK_EXTENSIONS
 from ..openapi import BINARY, OUTPUT, PARAMS_FIELD, RESULT_REPLY, SESSION_ID, document, form_body, json_reply
-from ..png import PNG_EXTENSION, encode_png_mask
-from ..replies import flag, mask_reply, result_reply
+from ..png import PNG_DTYPES, PNG_EXTENSION, encode_png_mask
+from ..replies import mask_options, mask_reply, output_mode, result_reply
 from ..scheduler import Scheduler
-from ..uploads import request_image, request_params
+from ..uploads import request_image, request_ledger, request_params
 
 bp = Blueprint("polygons", __name__)
 
@@ -39,9 +42,6 @@ COORDINATE_LIMIT = 1e6
 
 INDEX_LIMIT = polygons.MAX_VERTICES
 """Largest index or count parameter accepted (then checked against the actual polygons and image)."""
-
-MAX_PARAM_STRING = 64
-"""Longest writer option string (`result_extension`, `result_dtype`, `result_compress`)."""
 
 ALIASES = {
     "poly": "prev_poly",
@@ -71,18 +71,22 @@ def mask2polygon():
     """Contours of each axial slice of a binary mask as [j, i] vertices (params {"more_points": N})."""
     params = request_params()
     more_points = whole_number(params, "more_points", default=1, minimum=1)
-    mask = request_image()
-    size = "×".join(str(s) for s in mask.GetSize())
-    if mask.GetDimension() != 3:
-        raise BadRequest(f"The mask must be a 3D volume; the uploaded image is {mask.GetDimension()}D ({size}).")
-    if mask.GetNumberOfComponentsPerPixel() != 1:
-        raise BadRequest(
-            f"The mask must be a single-channel label volume; the uploaded image has "
-            f"{mask.GetNumberOfComponentsPerPixel()} channels per voxel."
-        )
     with scheduler().run(EDIT_LANE):
+        ledger = request_ledger()
+        mask = request_image(ledger)
+        size = "×".join(str(s) for s in mask.GetSize())
+        if mask.GetDimension() != 3:
+            raise BadRequest(f"The mask must be a 3D volume; the uploaded image is {mask.GetDimension()}D ({size}).")
+        if mask.GetNumberOfComponentsPerPixel() != 1:
+            raise BadRequest(
+                f"The mask must be a single-channel label volume; the uploaded image has "
+                f"{mask.GetNumberOfComponentsPerPixel()} channels per voxel."
+            )
         # A view of ITK's buffer ([k, j, i] → [i, j, k]), not `to_array`'s copy: the mask may be 10⁸ voxels.
-        slices = polygons.mask_to_polygons(sitk.GetArrayViewFromImage(mask).T, more_points)
+        voxels = sitk.GetArrayViewFromImage(mask).T
+        plan = polygons.plan_tracing(voxels)
+        ledger.charge(plan.nbytes, f"tracing the {plan.vertices} contour vertices of the {size} mask")
+        slices = polygons.mask_to_polygons(voxels, more_points)
         body = "[" + ",".join(polygons_json(slice_polygons) for slice_polygons in slices) + "]"
     return Response(body, mimetype="application/json")
 
@@ -110,12 +114,15 @@ def mask2polygon():
 def fixpolygon():
     """Move one polygon vertex (and its neighbours) and return the polygons and their mask."""
     params = request_params()
+    output = output_mode(checked.query_text("output"))
     dimension = whole_number(params, "dimension", default=2)
     if dimension not in (2, 3):
         raise BadRequest(f"'dimension' must be 2 (one slice) or 3 (all slices); got {dimension}.")
     polygon_index = whole_number(params, "polygon_index")
     vertex_index = whole_number(params, "vertex_index")
     neighbours = whole_number(params, "propagate_neighbor", default=0)
+    neighbour_slices = whole_number(params, "propagate_neighbor_3d", default=0)
+    slice_index = whole_number(params, "slice_index", default=None if dimension == 3 else 0)
     offset = vertex_offset(params)
     poly = param(params, "poly")
     if poly is None:
@@ -123,53 +130,57 @@ def fixpolygon():
             "'poly' is missing: send the polygons from /v1/mask2polygon (a list of polygons for dimension 2, "
             "a list of them per slice for dimension 3)."
         )
-    image = request_image()
-    if image.GetDimension() not in (2, 3) or image.GetDimension() < dimension:
-        size = "×".join(str(s) for s in image.GetSize())
-        raise BadRequest(
-            f"fixpolygon with dimension {dimension} needs a {'3D volume' if dimension == 3 else '2D or 3D image'}; "
-            f"the uploaded image is {image.GetDimension()}D ({size})."
-        )
-    extension, dtype, compress = writer_options(params, image.GetDimension())
-    size = (*image.GetSize(), 1)[:3]  # a 2D image is one slice
     budget = VertexBudget()
-
     if dimension == 3:
-        slices = parse_slices(poly, size[2], budget)
-        slice_index = whole_number(params, "slice_index")
-        if slice_index >= len(slices):
-            raise BadRequest(
-                f"'slice_index' {slice_index} is out of range: 'poly' has {len(slices)} slices "
-                f"(valid 0..{len(slices) - 1})."
-            )
-        check_vertex(slices[slice_index], polygon_index, vertex_index, f"slice {slice_index}")
-        neighbour_slices = whole_number(params, "propagate_neighbor_3d", default=0)
-        slices = polygons.fix_polygon_3d(
-            slices, slice_index, polygon_index, vertex_index, offset, neighbours, neighbour_slices
-        )
-        reply_poly = [[polygon.tolist() for polygon in polygons_k] for polygons_k in slices]
+        slices = parse_slices(poly, budget)
     else:
         slice_polygons = parse_polygons(poly, "'poly'", budget)
-        slice_index = whole_number(params, "slice_index", default=0)
-        if slice_index >= size[2]:
-            raise BadRequest(
-                f"'slice_index' {slice_index} is out of range: the image has {size[2]} slices (valid 0..{size[2] - 1})."
-            )
-        check_vertex(slice_polygons, polygon_index, vertex_index, "'poly'")
-        slice_polygons = polygons.fix_polygon(slice_polygons, polygon_index, vertex_index, offset, neighbours)
-        slices = [[] for _ in range(size[2])]
-        slices[slice_index] = slice_polygons
-        reply_poly = [polygon.tolist() for polygon in slice_polygons]
-    polygons.check_fill_work(slices, rows=size[1])  # rows of a [j, i] slice are j
-    check_raster(size)
+    writer = WriterOptions(params)
 
-    result = {"poly": reply_poly}
     with scheduler().run(EDIT_LANE):
+        ledger = request_ledger()
+        image = request_image(ledger)
+        if image.GetDimension() not in (2, 3) or image.GetDimension() < dimension:
+            size = "×".join(str(s) for s in image.GetSize())
+            raise BadRequest(
+                f"fixpolygon with dimension {dimension} needs a "
+                f"{'3D volume' if dimension == 3 else '2D or 3D image'}; the uploaded image is "
+                f"{image.GetDimension()}D ({size})."
+            )
+        extension, dtype, compress = writer.for_image(image.GetDimension())
+        size = (*image.GetSize(), 1)[:3]  # a 2D image is one slice
+        if dimension == 3:
+            if len(slices) > size[2]:
+                raise BadRequest(f"'poly' has {len(slices)} slices but the image has only {size[2]}.")
+            if slice_index >= len(slices):
+                raise BadRequest(
+                    f"'slice_index' {slice_index} is out of range: 'poly' has {len(slices)} slices "
+                    f"(valid 0..{len(slices) - 1})."
+                )
+            check_vertex(slices[slice_index], polygon_index, vertex_index, f"slice {slice_index}")
+            slices = polygons.fix_polygon_3d(
+                slices, slice_index, polygon_index, vertex_index, offset, neighbours, neighbour_slices
+            )
+            reply_poly = [[polygon.tolist() for polygon in polygons_k] for polygons_k in slices]
+        else:
+            if slice_index >= size[2]:
+                raise BadRequest(
+                    f"'slice_index' {slice_index} is out of range: the image has {size[2]} slices "
+                    f"(valid 0..{size[2] - 1})."
+                )
+            check_vertex(slice_polygons, polygon_index, vertex_index, "'poly'")
+            slice_polygons = polygons.fix_polygon(slice_polygons, polygon_index, vertex_index, offset, neighbours)
+            slices = [[] for _ in range(size[2])]
+            slices[slice_index] = slice_polygons
+            reply_poly = [polygon.tolist() for polygon in slice_polygons]
+        polygons.check_fill_work(slices, rows=size[1])  # rows of a [j, i] slice are j
+        charge_mask(ledger, size)
         mask = polygons.polygons_to_mask(slices, size).reshape(image.GetSize(), order="F")
+        result = {"poly": reply_poly}
         if extension == PNG_EXTENSION:
-            return result_reply(result, encode_png_mask(mask, image, dtype), "result.png", request.args.get("output"))
+            return result_reply(result, encode_png_mask(mask, image, dtype), "result.png", output)
         options = {"result_extension": extension, "result_dtype": dtype, "result_compress": compress}
-        return mask_reply(mask, image, result, options, request.args.get("output"))
+        return mask_reply(mask, image, result, options, output)
 
 
 def polygons_json(slice_polygons: list[polygons.Polygon]) -> str:
@@ -177,61 +188,51 @@ def polygons_json(slice_polygons: list[polygons.Polygon]) -> str:
     return "[" + ",".join(json.dumps(polygon.tolist()) for polygon in slice_polygons) + "]"
 
 
-def check_raster(size: tuple[int, ...]) -> None:
-    """413 before allocating a mask bigger than the server's image limit (one byte per voxel)."""
-    limit = current_app.config["SETTINGS"].max_image_voxels
-    voxels = math.prod(size)
-    if voxels > limit:
-        dims = "×".join(str(s) for s in size)
-        raise PayloadTooLarge(f"The mask would have {dims} = {voxels} voxels; the limit is {limit} voxels.")
+def charge_mask(ledger: MemoryLedger, size: tuple[int, int, int]) -> None:
+    """Charge the mask and its encoded copy on the image's grid, and one slice of fill toggles (for a
+    polygon over voxels already filled)."""
+    nbytes = math.prod(size) * MASK_BYTES_PER_VOXEL + size[0] * size[1]
+    ledger.charge(nbytes, f"the {'×'.join(str(n) for n in size)} mask")
 
 
-def writer_options(params: dict, image_dimension: int) -> tuple[str, str, object]:
-    """`result_extension` (a 2D image defaults to PNG, a 3D one to NIfTI), `result_dtype`, `result_compress`."""
-    default = PNG_EXTENSION if image_dimension == 2 else ".nii.gz"
-    extension = params.get("result_extension") or default
-    if not isinstance(extension, str) or len(extension) > MAX_PARAM_STRING:
-        raise BadRequest(f"'result_extension' must be a file extension such as \".nii.gz\"; got {describe(extension)}.")
-    extension = extension.strip().lower()
-    extension = extension if extension.startswith(".") else "." + extension
-    allowed = (PNG_EXTENSION, *MASK_EXTENSIONS) if image_dimension == 2 else MASK_EXTENSIONS
-    if extension not in allowed:
-        why = " (a PNG holds one 2D slice; this image is 3D)" if extension == PNG_EXTENSION else ""
-        raise BadRequest(f"Unsupported mask format {describe(extension)}{why}. Choose one of: {', '.join(allowed)}.")
-    dtype = params.get("result_dtype") or "uint8"
-    if not isinstance(dtype, str) or len(dtype) > MAX_PARAM_STRING:
-        raise BadRequest(f"'result_dtype' must be an integer type name such as \"uint8\"; got {describe(dtype)}.")
-    compress = params.get("result_compress", True)
-    if not isinstance(compress, bool | int | str) or (isinstance(compress, str) and len(compress) > MAX_PARAM_STRING):
-        raise BadRequest(f"'result_compress' must be true or false; got {describe(compress)}.")
-    return extension, dtype, flag(compress)
+class WriterOptions:
+    """`result_extension`, `result_dtype`, `result_compress`, checked before any work; the default format
+    depends on the image (PNG for 2D, NIfTI for 3D), known only once it is decoded."""
 
+    def __init__(self, params: dict):
+        self.params = params
+        self.extension = checked.text(params, "result_extension", "").strip().lower()
+        if self.extension and not self.extension.startswith("."):
+            self.extension = "." + self.extension
+        if self.extension == PNG_EXTENSION:
+            self.dtype = checked.text(params, "result_dtype", "uint8", choices=PNG_DTYPES)
+            checked.flag(params, "result_compress", True)
+        else:
+            mask_options(params)  # the 3D formats' checks (also for a 2D image: any of them works)
 
-def describe(value) -> str:
-    """A short, always printable rendering of a client's value for an error message."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value) if abs(value) < 10**18 else "a number with more than 18 digits"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value[:40] + ("…" if len(value) > 40 else ""), ensure_ascii=False)
-    if isinstance(value, list):
-        return f"a list of {len(value)} items"
-    return f"a JSON {type(value).__name__ if not isinstance(value, dict) else 'object'}"
+    def for_image(self, dimension: int) -> tuple[str, str, bool]:
+        """(extension, dtype, compress) for a `dimension`-D image."""
+        if self.extension == PNG_EXTENSION and dimension != 2:
+            raise BadRequest(
+                "'result_extension' .png holds one 2D slice and this image is 3D; "
+                "choose .nii.gz, .nii, .nrrd or .mha (or leave it out)."
+            )
+        if self.extension == PNG_EXTENSION or (dimension == 2 and not self.extension):
+            return PNG_EXTENSION, checked.text(self.params, "result_dtype", "uint8", choices=PNG_DTYPES), True
+        return mask_options(self.params)
 
 
 def param(params: dict, name: str):
-    """`params[name]` or its client alias; JSON-encoded strings (older clients double-encode) are decoded."""
+    """`params[name]` or its client alias; JSON text (older clients double-encode) is decoded, with the same
+    bounds as `params` itself (size, depth, 64-bit integers, finite numbers); other text is kept as is."""
     value = params.get(name)
     if value is None and name in ALIASES:
         value = params.get(ALIASES[name])
     if isinstance(value, str):
         try:
-            return json.loads(value)
-        except (ValueError, RecursionError):  # not JSON, a 5000-digit number, or nested beyond reason
-            return value
+            return checked.load_json(value, name)
+        except BadRequest:
+            return value  # not JSON: refused below by the parameter's own check, which says what to send
     return value
 
 
@@ -247,7 +248,8 @@ def whole_number(
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        raise BadRequest(f"'{name}' must be a whole number ≥ {minimum} and ≤ {maximum}; got {describe(value)}.")
+        shown = value if isinstance(value, int) and not isinstance(value, bool) else checked.describe(value)
+        raise BadRequest(f"'{name}' must be a whole number ≥ {minimum} and ≤ {maximum}; got {shown}.")
     return value
 
 
@@ -260,10 +262,9 @@ def vertex_offset(params: dict) -> tuple[float, float]:
     """`vertex_offset` as two finite numbers [d_row, d_column] = [dj, di] in voxels, the vertices' order."""
     value = param(params, "vertex_offset")
     if not isinstance(value, list) or len(value) != 2 or not all(is_coordinate(v) for v in value):
-        shown = describe(value) if not isinstance(value, list) or len(value) != 2 else ", ".join(map(describe, value))
         raise BadRequest(
             f"'vertex_offset' must be two numbers [d_row, d_column] (= [dj, di]) in voxels, within "
-            f"±{COORDINATE_LIMIT:.0f}; got {shown}."
+            f"±{COORDINATE_LIMIT:.0f}; got {checked.describe(value)}."
         )
     return float(value[0]), float(value[1])
 
@@ -305,12 +306,10 @@ def is_vertex(vertex) -> bool:
     return isinstance(vertex, list) and len(vertex) == 2 and is_coordinate(vertex[0]) and is_coordinate(vertex[1])
 
 
-def parse_slices(value, slice_count: int, budget: VertexBudget) -> list[list[polygons.Polygon]]:
-    """All slices' polygons for dimension 3: a list (at most one entry per image slice) of polygon lists."""
+def parse_slices(value, budget: VertexBudget) -> list[list[polygons.Polygon]]:
+    """All slices' polygons for dimension 3: a list (one entry per image slice, at most) of polygon lists."""
     if not isinstance(value, list):
         raise BadRequest("'poly' must be a list with one entry per slice, each a list of polygons, for dimension 3.")
-    if len(value) > slice_count:
-        raise BadRequest(f"'poly' has {len(value)} slices but the image has only {slice_count}.")
     return [parse_polygons(polygons_k, f"slice {k} of 'poly'", budget) for k, polygons_k in enumerate(value)]
 
 
