@@ -419,11 +419,11 @@ def _check_nifti_is_single_file(path: Path, name: str) -> None:
             head = f.read(540)
     except (OSError, EOFError, zlib.error):
         raise _damaged(name, "NIfTI") from None
-    if len(head) >= 348 and head[344:348] in (b"ni1\x00", b"ni2\x00"):
+    sizes = (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big"))
+    if 348 in sizes and len(head) >= 348 and head[344:348] != b"n+1\x00":  # NIfTI-1 pair or Analyze 7.5
+        raise _separate_data(name, "NIfTI/Analyze", ".nii or .nii.gz")
+    if 540 in sizes and len(head) >= 8 and head[4:8] != b"n+2\x00":  # NIfTI-2 pair
         raise _separate_data(name, "NIfTI", ".nii or .nii.gz")
-    if len(head) >= 348 and 348 in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
-        if head[344:348] != b"n+1\x00":
-            raise _separate_data(name, "NIfTI/Analyze", ".nii or .nii.gz")
 
 
 def _complete_nifti(path: Path, tmp: Path) -> Path:
