@@ -315,9 +315,7 @@ HOSTILE = {
     "alias_saver_writing_anywhere": (
         lambda: archive_part(
             "m.zip",
-            with_step(
-                "post_transforms", {"name": "SaveImageD", "args": {"keys": "pred", "output_dir": f"/tmp/{EVIL}"}}
-            ),
+            with_step("post_transforms", {"name": "SaveImageD", "args": {"keys": "pred", "output_dir": EVIL}}),
         ),
         400,
         "writes files",

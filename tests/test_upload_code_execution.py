@@ -132,7 +132,7 @@ def test_mmar_steps_that_would_run_code_or_touch_files_are_refused(tmp_path, cas
     [
         ({"network": {"name": "FlexibleUNet", "args": {"backbone": "os.system"}}}, "Network 'FlexibleUNet'"),
         ({"network": unet_network_section(act="subprocess.call")}, "names a Python object"),
-        ({"inference": {"AIAA": {"name": "PatchInferer", "args": {"merger_cls": "os.system"}}}}, "PatchInferer"),
+        ({"inference": {"AIAA": {"name": "PatchInferer", "args": {"merger_cls": "ZarrAvgMerger"}}}}, "PatchInferer"),
         ({"inference": {"AIAA": {"name": "SimpleInferer", "args": {"nope": 1}}}}, "has no argument 'nope'"),
         ({"inference": {"AIAA": {"name": "SlidingWindowInfererAdapt", "args": {"mode": "/tmp/x"}}}}, "file path"),
     ],

@@ -16,6 +16,7 @@ from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from ..errors import BadRequest
 from . import legacy, names
+from .arguments import check_value
 from .task import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -136,6 +137,7 @@ def build_inferer(inference: dict) -> Inferer:
     name, args = str(section.get("name", "aiaa.inference.PyTorchInference")), section.get("args") or {}
     if not isinstance(args, dict):
         raise BadRequest("inference.AIAA.args must be a JSON object.")
+    check_value(args, "inference.AIAA.args")
     for key in ("device", "sw_device"):
         if str(args.get(key, "")).startswith("cuda") and not torch.cuda.is_available():
             logger.info("config asks for %s=%s; no GPU here, running on the CPU", key, args[key])
