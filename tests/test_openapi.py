@@ -105,8 +105,9 @@ def test_views_carry_their_parameters_bodies_and_replies(spec):
     session = spec["paths"]["/session/{session_id}"]
     assert [p["name"] for p in session["get"]["parameters"] if p["in"] == "path"] == ["session_id"]
     assert "delete" in session and "put" in spec["paths"]["/session/"]
-    logs = {p["name"] for p in spec["paths"]["/logs"]["get"]["parameters"]}
-    assert logs == {"lines", "html"}
+    logs = {p["name"]: p for p in spec["paths"]["/logs"]["get"]["parameters"]}
+    assert set(logs) == {"lines", "html"} and logs["lines"]["schema"]["maximum"] == 10_000
+    assert spec["paths"]["/logs"]["get"]["security"] == [{"basic": []}, {"bearer": []}]  # admin only
     models = spec["paths"]["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert models["items"] == {"$ref": "#/components/schemas/Model"}
 
@@ -135,3 +136,21 @@ def test_docs_page_uses_the_local_swagger_ui(app):
         reply = client.get(f"/static/{asset}")
         assert reply.status_code == 200 and len(reply.data) > 100_000
         reply.close()
+
+
+class ServedModel:
+    task = None  # nothing to warm up
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def test_required_model_parameter_lists_the_served_models(tmp_path):
+    settings = Settings(model_repo=tmp_path / "repo", log_dir=tmp_path / "logs", session_dir=tmp_path / "s")
+    registry = ModelRegistry(tmp_path / "repo", [ServedModel("spleen_b"), ServedModel("spleen_a")])
+    spec = create_app(settings, registry=registry).test_client().get("/openapi.json").get_json()
+    assert valid(spec)
+    inference = {p["name"]: p for p in spec["paths"]["/v1/deepgrow"]["post"]["parameters"]}
+    assert inference["model"]["schema"] == {"type": "string", "enum": ["spleen_a", "spleen_b"]}
+    lookup = {p["name"]: p for p in spec["paths"]["/v1/models"]["get"]["parameters"]}
+    assert "enum" not in lookup["model"]["schema"]  # optional there: an unknown name is a documented 404
