@@ -1,6 +1,6 @@
 """The memory budget: every grid a request will create is costed, and refused with 413, before it exists.
 
-A small upload can ask for a huge allocation: a 90-byte 16³ volume at 100 mm spacing becomes a 534³ grid
+A small upload can ask for a huge allocation: a 90-byte 16³ volume at 100 mm spacing becomes a 501³ grid
 when a model resamples it to 3 mm; a 1 KB DICOM can claim 20000×20000 pixels. So the voxel limit on the
 upload is not enough: each request gets a `MemoryLedger` holding its share of the server's budget
 (`memory_budget_bytes` shared by the scheduler's workers, see `request_limit`), and charges it, before
@@ -139,18 +139,21 @@ def _orient(grid: Grid, axcodes: str | None) -> Grid:
     return Grid(tuple(grid.shape[i] for i in order), tuple(grid.spacing[i] for i in order), tuple(map(tuple, rotation)))
 
 
-def _respace(grid: Grid, pixdim, diagonal: bool) -> Grid:
-    extent = np.array(grid.shape, dtype=float) * np.array(grid.spacing)
+def _respace(grid: Grid, pixdim, diagonal: bool, scale_extent: bool) -> Grid:
+    """MONAI's `Spacing` output shape (`compute_shape_offset`): the span of the input's corner voxels in the
+    new spacing, on the image's own axes (or on the world axes when `diagonal`)."""
+    n = np.array(grid.shape, dtype=float)
+    extent = (n if scale_extent else n - 1) * np.array(grid.spacing)
     if diagonal:  # resampled onto world axes: the rotated volume's bounding box
         extent = np.abs(np.array(grid.rotation)) @ extent
     extent = np.minimum(np.nan_to_num(extent, nan=MAX_EXTENT_MM, posinf=MAX_EXTENT_MM), MAX_EXTENT_MM)
     shape, spacing = [], []
-    for n, old, size, new in zip(grid.shape, grid.spacing, extent, _per_axis(pixdim, len(grid.shape)), strict=True):
+    for size, old, span, new in zip(grid.shape, grid.spacing, extent, _per_axis(pixdim, len(grid.shape)), strict=True):
         if new is None or not np.isfinite(new) or new <= 0:
-            shape.append(n)
+            shape.append(size)
             spacing.append(old)
         else:
-            shape.append(max(1, math.ceil(size / new)))
+            shape.append(max(1, int(np.round(span / new + (0 if scale_extent else 1)))))
             spacing.append(float(new))
     return Grid(tuple(shape), tuple(spacing), grid.rotation)
 
@@ -169,8 +172,9 @@ def _resize(grid: Grid, spatial_size, size_mode: str) -> Grid:
 
 
 def _first(transform, *names):
-    """The first of `names` on the transform or on its array transform (MONAI's dict wrappers hold one)."""
-    for owner in (transform, *(v for v in vars(transform).values() if isinstance(v, mt.Transform))):
+    """The first of `names` on the transform's array transform (MONAI's dict wrappers hold one, with the
+    values that apply; the wrapper's may be per key) or else on the transform itself."""
+    for owner in (*(v for v in vars(transform).values() if isinstance(v, mt.Transform)), transform):
         for name in names:
             if hasattr(owner, name):
                 return getattr(owner, name)
@@ -184,7 +188,8 @@ def plan(transform, grid: Grid) -> tuple[Grid, bool]:
     if isinstance(transform, mt.Orientation | mt.Orientationd):
         return _orient(grid, _first(transform, "axcodes")), True
     if isinstance(transform, mt.Spacing | mt.Spacingd):
-        return _respace(grid, _first(transform, "pixdim"), bool(_first(transform, "diagonal"))), True
+        pixdim, diagonal, scale = (_first(transform, k) for k in ("pixdim", "diagonal", "scale_extent"))
+        return _respace(grid, pixdim, _flag(diagonal), _flag(scale)), True
     if isinstance(transform, mt.Resize | mt.Resized):
         return _resize(grid, _first(transform, "spatial_size"), _first(transform, "size_mode") or "all"), True
     if isinstance(transform, mt.Zoom | mt.Zoomd):
@@ -210,6 +215,11 @@ def plan(transform, grid: Grid) -> tuple[Grid, bool]:
             grid, [s if z is None or z <= 0 else int(z) for s, z in zip(grid.shape, sizes, strict=True)]
         ), False
     return grid, False
+
+
+def _flag(value) -> bool:
+    """A transform's boolean option, which MONAI's dict wrappers may keep per key."""
+    return bool(value[0] if isinstance(value, tuple | list) and value else value)
 
 
 _TRANSFORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -264,11 +264,11 @@ def claimed_dicom(rows: int, columns: int, pixel_bytes: int = 64) -> bytes:
 
 
 def test_amplifying_uploads_are_refused_before_allocation(server):
-    big_grid = nifti_gz((16, 16, 16), (100.0, 100.0, 100.0))  # 534³ at the model's 3 mm: 7 GB if run
+    big_grid = nifti_gz((16, 16, 16), (100.0, 100.0, 100.0))  # 501³ at the model's 3 mm: 7 GB if run
     big_volume = nifti_gz((512, 512, 512), (1.0, 1.0, 1.0))  # 128 MB decoded, several GB of pipeline
     dicom = claimed_dicom(20000, 20000)  # 800 MB of zeros if read
     with PeakRss(server.process.pid) as rss:
-        message = assert_refused(segment(server, "tiny.nii.gz", big_grid), 413, "534×534×534", "working grid")
+        message = assert_refused(segment(server, "tiny.nii.gz", big_grid), 413, "501×501×501", "working grid")
         assert f"limit is {PER_REQUEST / 2**20:.0f} MiB per request" in message
         assert_refused(segment(server, "cube.nii.gz", big_volume), 413, "512×512×512", "per request")
         assert_refused(segment(server, "claims.dcm", dicom), 400, "fewer pixel bytes")
@@ -277,7 +277,7 @@ def test_amplifying_uploads_are_refused_before_allocation(server):
         created = put_session(server, "tiny.nii.gz", big_grid)
         assert created.status_code == 200, created.text
         on_session = post(server.url, "segmentation", MODEL, [], session_id=created.json()["session_id"])
-        assert_refused(on_session, 413, "534×534×534")
+        assert_refused(on_session, 413, "501×501×501")
     assert rss.growth < RSS_SLACK, f"server grew by {rss.growth / 2**20:.0f} MB while refusing"
     assert_nothing_leaked(server)
 
@@ -314,6 +314,66 @@ def test_ledger_is_charged_from_the_header_before_decoding(tmp_path):
     assert seen[0].size == (64, 48, 32) and seen[0].nbytes == 64 * 48 * 32 * 2
     ledger = MemoryLedger(64 * 48 * 32 * 2)
     assert read_image([path], ledger=ledger).GetSize() == (64, 48, 32) and ledger.used == 64 * 48 * 32 * 2
+
+
+class Pipeline:
+    """A task stand-in: only its pre-transforms matter to the planner."""
+
+    def __init__(self, *transforms):
+        self.transforms = list(transforms)
+
+    def pre_transforms(self, data=None):
+        return self.transforms
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (0, -1, 0, 0, 0, -1, 1, 0, 0),  # i → S, j → R, k → A
+        (0.8, -0.6, 0, 0.6, 0.8, 0, 0, 0, -1),  # oblique, k flipped
+    ],
+)
+def test_planned_grids_match_what_monai_allocates(direction):
+    """The planner's grids are the shapes MONAI's transforms really produce (without running them on
+    anything large): orientation permutes, spacing resamples, resize and pads set the shape."""
+    from monai import transforms as mt
+
+    from server.budget import image_grid, plan
+    from server.imageio import to_metatensor
+
+    image = sitk.Image([10, 20, 30], sitk.sitkInt16)
+    image.SetSpacing((1.0, 1.5, 2.0))
+    image.SetDirection(direction)
+    steps = [
+        mt.Orientationd(keys="image", axcodes="RAS"),
+        mt.Spacingd(keys="image", pixdim=(1.0, 2.0, 4.0)),
+        mt.SpatialPadd(keys="image", spatial_size=(16, 16, 16)),
+        mt.DivisiblePadd(keys="image", k=8),
+        mt.Resized(keys="image", spatial_size=(24, -1, 12)),
+    ]
+    data = {"image": to_metatensor(image)}
+    grid = image_grid(ImageHeader.of(image))
+    for step in steps:
+        data = step(data)
+        grid, _ = plan(step, grid)
+        assert grid.shape == tuple(data["image"].shape[1:]), type(step).__name__
+
+
+def test_pipeline_estimate_names_the_grid_that_does_not_fit():
+    from monai import transforms as mt
+
+    from server.budget import pipeline_bytes
+
+    image = sitk.Image([16, 16, 16], sitk.sitkUInt8)
+    image.SetSpacing((100.0, 100.0, 100.0))
+    task = Pipeline(mt.Orientationd(keys="image", axcodes="RAS"), mt.Spacingd(keys="image", pixdim=3.0))
+    nbytes, what = pipeline_bytes(task, ImageHeader.of(image), channels=2)
+    assert what == "the model's 501×501×501 working grid" and nbytes > 501**3 * 45  # measured 45 B/voxel
+    ledger = MemoryLedger(PER_REQUEST, plan=lambda header: pipeline_bytes(task, header, 2))
+    with pytest.raises(PayloadTooLarge, match=f"limit is {PER_REQUEST / 2**20:.0f} MiB per request"):
+        ledger.charge_image(ImageHeader.of(image))
+    assert ledger.used == 16**3  # the image itself was counted; the grid never was
 
 
 # ------------------------------------------------------------------------------------------ params

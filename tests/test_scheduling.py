@@ -25,7 +25,7 @@ from server.engines import yield_point
 from server.errors import ServiceUnavailable
 from server.phantoms import LABELS, make_phantom, write_phantom
 from server.registry import ModelRegistry, ServedModel, load_app_models
-from server.scheduler import Lane, Scheduler
+from server.scheduler import Lane, Scheduler, Work
 from server.settings import Settings
 
 WAIT_S = 60  # generous bound on events that should come at once
@@ -88,6 +88,7 @@ def test_lanes_by_model_type():
     scheduler = Scheduler()
     assert scheduler.lane_for("deepgrow") is scheduler.lane_for("annotation") is scheduler.interactive
     assert scheduler.lane_for("segmentation") is scheduler.batch
+    assert scheduler.lane_for(Work.DECODE) is scheduler.interactive  # a session's decoding, awaited like a click
 
 
 # ----------------------------------------------------------------------------------- over real HTTP
@@ -174,3 +175,18 @@ def test_click_answered_while_a_segmentation_is_held_and_overload_is_503(app_ser
         RELEASE.set()
         assert segmentation.result(WAIT_S).status_code == 200
     assert app.extensions["aiaa.scheduler"].batch.running == 0
+
+
+def test_session_decoding_runs_in_a_lane(app_server, phantom):
+    """Decoding allocates the image, so it holds a worker slot (and its share of the memory budget)."""
+    url, app = app_server
+    scheduler = app.extensions["aiaa.scheduler"]
+    kinds, run = [], scheduler.run
+    scheduler.run = lambda kind: kinds.append(kind) or run(kind)
+    try:
+        _, path = phantom
+        reply = requests.put(f"{url}/session/", files={"image": (path.name, path.read_bytes())}, timeout=WAIT_S)
+    finally:
+        del scheduler.run
+    assert reply.status_code == 200, reply.text
+    assert kinds == [Work.DECODE]
