@@ -296,17 +296,28 @@ def test_the_parsed_source_is_checked_beyond_the_text_scan(tmp_path, line):
     check_source(tmp_path / "model.ts", "code/__torch__/m.py", source.format("y = torch.add(x, math.pi)"))
 
 
+def shout(x: torch.Tensor) -> torch.Tensor:
+    print(x)
+    return x
+
+
 class Printer(torch.nn.Module):
     def forward(self, x):
         print(x)
         return x
 
 
+class CallsAPrinter(torch.nn.Module):
+    def forward(self, x):
+        return shout(x)
+
+
 def test_compiled_graphs_are_checked_after_loading_before_any_forward(tmp_path):
     """The second look: every method's graph of every submodule, calls inlined (prim::Print here)."""
-    module = torch.jit.script(torch.nn.Sequential(torch.nn.Identity(), Printer()))
-    with pytest.raises(BadRequest, match="prim::Print"):
-        check_loaded(tmp_path / "model.ts", module)
+    for printing in (Printer(), CallsAPrinter()):  # in a submodule's method, in a function a method calls
+        module = torch.jit.script(torch.nn.Sequential(torch.nn.Identity(), printing))
+        with pytest.raises(BadRequest, match="prim::Print"):
+            check_loaded(tmp_path / "model.ts", module)
     check_loaded(tmp_path / "model.ts", torch.jit.script(tiny_unet()))  # a plain network passes
 
 
