@@ -17,6 +17,7 @@ import base64
 import collections
 import datetime
 import os
+import secrets
 import shlex
 import sys
 import tempfile
@@ -41,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 REQUEST_TIMEOUT_S = 120
-ADMIN = ("fuzz-admin", "fuzz-admin-password")
+ADMIN = ("fuzz-admin", secrets.token_urlsafe(16))  # the fuzzed server's, made up for each run
 SERVER_ARGS = ("--models", "deepgrow_3d,segmentation_spleen", "--max-upload-mb", "4", "--no-warm-up")
-SERVER_ENV = {"AIAA_ADMIN_USER": ADMIN[0], "AIAA_ADMIN_PASSWORD": ADMIN[1], "AIAA_ADMIN_TOKEN": None}
+SERVER_ENV = {"AIAA_ADMIN_USER": ADMIN[0], "AIAA_ADMIN_PASSWORD": ADMIN[1]}
 
 
 @dataclass
@@ -236,9 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.url:
         report = fuzz(args.url, examples=args.examples, seed=args.seed, seconds=args.minutes * 60, headers=headers)
     else:
-        os.environ.update({key: value for key, value in SERVER_ENV.items() if value is not None})
-        for key in (key for key, value in SERVER_ENV.items() if value is None):
-            os.environ.pop(key, None)
+        os.environ.update(SERVER_ENV)
         with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-") as tmp:
             server = processes.start_aiaa(Path(tmp), *SERVER_ARGS)  # inherits the admin credentials above
             try:

@@ -42,7 +42,7 @@ def fit(
     model_path.parent.mkdir(parents=True, exist_ok=True)
     best, history, started, first = -1.0, [], time.time(), 1
     if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=True)  # tensors, numbers, lists and dicts only
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
