@@ -13,10 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 import torch
 from admin_helpers import (
     ARCHIVE_MAX_FILES,
     ARCHIVE_MAX_MB,
+    AUTH,
     MAX_UPLOAD_MB,
     archive_part,
     put_model,
@@ -422,3 +424,25 @@ def test_custom_code_is_dropped_never_imported(server):
     (folder,) = [p for p in server.model_repo.iterdir() if p.name.startswith("with_custom@")]
     assert (folder / "config" / "config_aiaa.json").is_file() and not (folder / "custom").exists()
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        loader_running(["touch", f"/tmp/{EVIL}_patched"]),
+        {"name": "SaveImageDict", "args": {"keys": "image", "output_dir": EVIL}},
+        {"name": "monai.transforms.RandLambdaD", "args": {"keys": "image"}},
+    ],
+)
+def test_a_hostile_config_sent_by_patch_is_refused_and_the_model_kept(server, step):
+    """PATCH reinstalls the model's files with a new config: the same checks, the old version keeps serving."""
+    reply = put_model(server.url, "patched", archive_part("m.zip", zip_bytes(valid_mmar())))
+    assert reply.status_code == 200, reply.text
+    models_before, repo_before = served(server.url), repo_state(server.model_repo)
+    config = v4_config()
+    config["pre_transforms"].insert(1, step)
+    url = f"{server.url}/admin/model/patched"
+    reply = requests.patch(url, json=config, auth=AUTH, timeout=120)
+    assert reply.status_code == 400, reply.text
+    assert served(server.url) == models_before and repo_state(server.model_repo) == repo_before
+    assert evil_files(server.model_repo.parent) == []

@@ -127,6 +127,16 @@ def test_mmar_steps_that_would_run_code_or_touch_files_are_refused(tmp_path, cas
     assert not marker.exists() and not (tmp_path / "ran_dir").exists()
 
 
+@pytest.mark.parametrize("name", ["LoadImaged", "monai.transforms.LoadImageD", "LoadImageDict"])
+def test_a_loader_under_any_alias_with_a_reader_of_monai_becomes_the_servers_loader(tmp_path, name):
+    config = v4_config()
+    config["pre_transforms"][0] = {"name": name, "args": {"keys": "image", "reader": "ITKReader"}}
+    model = load_model(write(tmp_path, mmar_files(config)), "plain")
+    assert type(model.task.pre_transforms()[0]).__name__ == "LoadServerImaged"
+    mask, _ = run_model(model, smoke_image(), {})
+    assert mask.shape == smoke_image().GetSize()
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
