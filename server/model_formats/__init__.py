@@ -3,6 +3,14 @@
 `load_model` is the registry's one entry point. The folder is an unpacked archive in canonical layout:
 MMAR (`config/config_aiaa.json`, `models/model.ts|pt|onnx`) or MONAI bundle (`configs/inference.json|yaml`,
 `configs/metadata.json`, `models/model.pt|ts`). Anything wrong is a `BadRequest` naming it.
+
+An upload is untrusted even from an admin: it may run nothing but tensor math. `names` judges each class
+a config names by the object the name resolves to (MONAI's aliases included), `arguments` checks every
+argument against that class's signature (data only: no code, classes or paths), `bundle` builds a
+bundle's config itself, `torchscript` checks TorchScript code before `torch.jit.load` runs any of it
+(`__setstate__` included) and its graphs after, `onnx_graph` checks ONNX domains and external data, and
+state dicts load with `weights_only=True` (`weights`). The registry loads every installed model through
+here at start-up, so a model installed under older rules is held to today's.
 """
 
 from __future__ import annotations
