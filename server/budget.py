@@ -11,9 +11,9 @@ allocating, with
   transforms are walked for the grids they create (Orientation, Spacing, Resize, Zoom, pads, crops), so
   the estimate needs no allocation and costs microseconds (the click path stays fast).
 
-Costs per voxel were measured with the app's models (peak RSS over one request, bench notes in the
-module's tests): ~16 bytes per input voxel for a whole-volume pipeline (int16 input, 2 classes), ~3.4 for
-a click, and 32-45 per voxel of each resampled working grid; the constants below round those up.
+Costs per voxel were measured with the app's models (peak RSS growth over one `run_model` call, each case
+in a fresh process): ~16 bytes per input voxel for a whole-volume pipeline (int16 input, 2 classes), ~3.4
+for a click, and 32-45 per voxel of each resampled working grid; the constants below round those up.
 Only the scheduler's lanes run requests, at most `interactive_workers + batch_workers` at once, so the
 sum of their ledgers never exceeds the budget.
 """

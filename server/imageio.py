@@ -247,7 +247,8 @@ def _read_volume(path: Path, ext: str, *, max_voxels: int, ledger: Ledger | None
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise _itk_error(exc, name, format_name) from None
-    _check_voxels(reader.GetSize(), max_voxels)
+    components = max(1, reader.GetNumberOfComponents())  # values, not pixels, are what is allocated
+    _check_voxels([*reader.GetSize(), components] if components > 1 else reader.GetSize(), max_voxels)
     _check_geometry(reader, f"'{name}'", format_name)
     _charge(ledger, reader)
 
@@ -286,8 +287,8 @@ class ImageHeader:
         if isinstance(image, sitk.Image):
             pixel = image.GetSizeOfPixelComponent() * image.GetNumberOfComponentsPerPixel()
         else:
-            components = max(1, image.GetNumberOfComponents())
-            probe = sitk.Image([1] * max(2, len(image.GetSize())), image.GetPixelID(), components)
+            components = max(1, image.GetNumberOfComponents())  # from the header: never allocated here
+            probe = sitk.Image([1] * max(2, len(image.GetSize())), image.GetPixelID(), 1)
             pixel = probe.GetSizeOfPixelComponent() * components
         size = tuple(int(n) for n in (size if size is not None else image.GetSize()))
         spacing = tuple(image.GetSpacing())

@@ -263,6 +263,12 @@ def claimed_dicom(rows: int, columns: int, pixel_bytes: int = 64) -> bytes:
     return buffer.getvalue()
 
 
+def channel_bomb() -> bytes:
+    """A 4×4×4 MetaImage whose header claims 10⁸ values per voxel (6 GB)."""
+    header = b"ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementNumberOfChannels = 100000000\n"
+    return header + b"ElementType = MET_UCHAR\nElementDataFile = LOCAL\n" + bytes(64)
+
+
 def test_amplifying_uploads_are_refused_before_allocation(server):
     big_grid = nifti_gz((16, 16, 16), (100.0, 100.0, 100.0))  # 501³ at the model's 3 mm: 7 GB if run
     big_volume = nifti_gz((512, 512, 512), (1.0, 1.0, 1.0))  # 128 MB decoded, several GB of pipeline
@@ -272,6 +278,7 @@ def test_amplifying_uploads_are_refused_before_allocation(server):
         assert f"limit is {PER_REQUEST / 2**20:.0f} MiB per request" in message
         assert_refused(segment(server, "cube.nii.gz", big_volume), 413, "512×512×512", "per request")
         assert_refused(segment(server, "claims.dcm", dicom), 400, "fewer pixel bytes")
+        assert_refused(segment(server, "channels.mha", channel_bomb()), 413, "4×4×4×100000000")
         assert_refused(put_session(server, "claims.dcm", dicom), 400, "fewer pixel bytes")
         # a session of the tiny volume is fine (4 KB); the segmentation on it is what would not fit
         created = put_session(server, "tiny.nii.gz", big_grid)
