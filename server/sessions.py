@@ -5,7 +5,8 @@ MetaTensor the tasks take, and each model's point-independent pre-processing, so
 infers and pastes back.
 
 Expiry is min(requested, configured max), counted from the last use (sliding). A reaper thread deletes
-expired sessions and their files; a cap on the total decoded bytes refuses new sessions when full.
+expired sessions and their files; a cap on the total decoded bytes refuses new sessions when full (before
+decoding, from the header) and keeps cache entries out of a full store.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Session:
     _counted: set[int] = field(default_factory=set, repr=False)  # storages already in cache_bytes
     _building: dict[Hashable, threading.Lock] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    has_room: Callable[[int], bool] | None = field(default=None, repr=False)  # the store's cap, for the cache
 
     @property
     def nbytes(self) -> int:
@@ -72,9 +74,13 @@ class Session:
                     return self.cache[key]
             value = build()
             with self._lock:
+                self._building.pop(key, None)
+                extra = _nbytes(value, set(self._counted))
+                if self.has_room is not None and not self.has_room(extra):
+                    logger.info("session %s: cache entry of %.1f MB not kept (store full)", self.id, extra / 2**20)
+                    return value  # used for this request only: the store's cap holds for caches too
                 self.cache[key] = value
                 self.cache_bytes += _nbytes(value, self._counted)
-                self._building.pop(key, None)
             return value
 
     def expired(self, now: float) -> bool:
@@ -126,10 +132,16 @@ class SessionStore:
             return min(self.default_expiry_s, self.max_expiry_s)
         return min(float(requested), self.max_expiry_s)
 
+    def used_bytes(self) -> int:
+        with self._lock:
+            return sum(s.nbytes for s in self._sessions.values())
+
+    def has_room(self, nbytes: int) -> bool:
+        return self.used_bytes() + nbytes <= self.max_bytes
+
     def require_room(self, nbytes: int) -> None:
         """503 unless `nbytes` more fit under the cap (checked again, atomically, when the session is stored)."""
-        with self._lock:
-            used = sum(s.nbytes for s in self._sessions.values())
+        used = self.used_bytes()
         if used + nbytes > self.max_bytes:
             raise self._full(used)
 
@@ -144,7 +156,7 @@ class SessionStore:
         session_id = str(uuid.uuid4())
         target = self.root / session_id
         shutil.move(str(folder), target)
-        session = Session(session_id, image, target, name, self.expiry_for(expiry_s))
+        session = Session(session_id, image, target, name, self.expiry_for(expiry_s), has_room=self.has_room)
         with self._lock:
             used = sum(s.nbytes for s in self._sessions.values())
             if used + session.nbytes > self.max_bytes:

@@ -8,12 +8,15 @@ import zipfile
 
 import pytest
 import requests
+import SimpleITK as sitk
+import torch
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 from conftest import start_server, stop_server
 
 from lib.evaluation import centre_click, dice
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
+from server.sessions import SessionStore
 
 MAX_EXPIRY_S = 30
 MAX_UPLOAD_MB = 20
@@ -186,3 +189,17 @@ def test_zip_session_with_uncompress(server, phantoms, tmp_path):
             z.write(f, f"study/{f.name}")
     created = create(server.url, {"image": (archive.name, archive.read_bytes())}, uncompress="true", save_as="x")
     assert created["session_info"]["size"] == list(phantom.image.GetSize())
+
+
+def test_session_caches_stay_within_the_store_cap(tmp_path):
+    """Cached pre-processing counts against the cap: a full store computes it for the request, keeps none."""
+    store = SessionStore(tmp_path / "store", 60, 60, max_bytes=3 * 2**20)
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    session = store.create(sitk.Image([64, 64, 64], sitk.sitkUInt8), folder, "ct", None)  # 256 KB
+    small = session.cached("small", lambda: torch.zeros(2**18, dtype=torch.uint8))
+    assert "small" in session.cache and session.nbytes == 2**18 + 2**18
+    big = session.cached("big", lambda: torch.zeros(4 * 2**20, dtype=torch.uint8))
+    assert big.numel() == 4 * 2**20 and small.numel() == 2**18
+    assert "big" not in session.cache and session.nbytes == 2 * 2**18
+    assert store.used_bytes() <= store.max_bytes
