@@ -184,7 +184,8 @@ def report(result: dict, args, header: dict) -> str:
         f"| RSS highest sample under load / process peak (VmHWM) | {max(load_rss, default=float('nan')):.0f} MiB"
         f" / {result['peak']:.0f} MiB |",
         f"| RSS after {args.idle:g} s idle, no session left | {end_rss:.0f} MiB ({end_rss - start_rss:+.0f} MiB) |",
-        f"| RSS growth under load (fit over its second half) | {growth_mb_per_hour(samples):+.0f} MiB/h |",
+        f"| RSS trend under load (line fitted to its second half; noisy on a run of minutes) "
+        f"| {growth_mb_per_hour(samples):+.0f} MiB/h |",
         "",
         "## RSS over time",
         "",

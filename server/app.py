@@ -71,7 +71,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
 def too_large_message(limit: int) -> str:
     """The limit as applied (`aiaa serve` gives waitress the same one), in MB as configured and in bytes."""
-    return f"The upload is too large; this server accepts at most {limit / 1024**2:g} MB ({limit} bytes)."
+    megabytes = f"{limit / 1024**2:.2f}".rstrip("0").rstrip(".")
+    return f"The upload is too large; this server accepts at most {megabytes} MB ({limit} bytes)."
 
 
 def register_request_log(app: Flask) -> None:

@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import start_server, stop_server
 
-from server.app import create_app
+from server.app import create_app, too_large_message
 from server.cli import parser, settings_from_args, waitress_options
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -75,6 +75,9 @@ def test_waitress_limits_follow_the_settings():
     assert 8 * 2**20 < options["max_request_body_size"] <= 9 * 2**20  # the app's limit, not waitress' 1 GB
     defaults = waitress_options(Settings())
     assert defaults["connection_limit"] >= 2 * IDLE_CONNECTIONS and defaults["max_request_body_size"] > 2 * 2**30
+    # the 413 quotes the limit applied, unrounded (0.3 MB used to read "0 MB")
+    assert "at most 0.3 MB (314572 bytes)" in too_large_message(314_572)
+    assert "at most 2048 MB (2147483648 bytes)" in too_large_message(Settings().max_upload_bytes)
 
 
 # --- Host names and origins, on the app itself ---------------------------------------------------------
