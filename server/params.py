@@ -193,6 +193,18 @@ def query_number(name: str, *, minimum: float | None = None, maximum: float | No
     return None if value is None else number_value(value, name, minimum=minimum, maximum=maximum)
 
 
+def query_int(name: str, default: int, *, minimum: int, maximum: int) -> int:
+    """A whole number from the query string within [minimum, maximum] (e.g. `/logs?lines=`), else a 400."""
+    value = query_text(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"[+-]?\d{1,19}", value.strip()) or not minimum <= int(value) <= maximum:
+        raise BadRequest(
+            f"The query parameter '{name}' must be a whole number from {minimum} to {maximum}; got {describe(value)}."
+        )
+    return int(value)
+
+
 def query_flag(name: str, default: bool = False) -> bool:
     value = query_text(name)
     return default if value is None else flag_value(value, name)

@@ -400,6 +400,34 @@ BAD_PARAMS = {
 }
 
 
+def test_params_module_in_process():
+    """The checks themselves, without a server: every refusal is a BadRequest, every good value passes."""
+    from flask import Flask
+
+    from server import params
+
+    assert params.json_depth('{"a": [[1, 2, 3]], "s": "[[[[[["}') == 3  # brackets inside strings do not count
+    assert params.parse_params('"{\\"points\\": [[1, 2, 3]]}"') == {"points": [[1, 2, 3]]}  # double-encoded
+    for raw in ("[" * 11 + "]" * 11, '{"n": ' + "1" * 20 + "}", '{"n": -Infinity}', '{"n": 1e400}', "[]"):
+        with pytest.raises(BadRequest):
+            params.parse_params(raw)
+    assert params.flag_value("Yes") is True and params.flag_value(0) is False
+    for value in (2, "maybe", None, [True], 1.0):
+        with pytest.raises(BadRequest):
+            params.flag_value(value, "f")
+    assert params.number_value("2.5", "x", minimum=0) == 2.5
+    for value in ("nan", float("inf"), True, "1e999", -1):
+        with pytest.raises(BadRequest):
+            params.number_value(value, "x", minimum=0)
+    with Flask(__name__).test_request_context("/?lines=1e20&expiry=nan&n=12"):
+        with pytest.raises(BadRequest, match="whole number from 1 to 1000"):
+            params.query_int("lines", 100, minimum=1, maximum=1000)
+        with pytest.raises(BadRequest, match="finite"):
+            params.query_number("expiry", minimum=0)
+        assert params.query_int("n", 0, minimum=0, maximum=20) == 12
+        assert params.query_int("absent", 7, minimum=0, maximum=9) == 7
+
+
 @pytest.mark.parametrize("case", BAD_PARAMS)
 def test_bad_params_are_400(server, phantom_path, case):
     raw, fragment = BAD_PARAMS[case]
