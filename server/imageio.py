@@ -379,6 +379,9 @@ def _check_metaimage_is_local(path: Path, name: str) -> None:
         raise _damaged(name, "MetaImage")
     if not _METAIMAGE_LOCAL.match(head, line_start):
         raise _separate_data(name, "MetaImage", ".mha")
+    declared = re.search(rb"(?m)^[ \t]*CompressedDataSize[ \t]*[=:][ \t]*(\d+)", header)
+    if declared and (len(declared[1]) > 19 or int(declared[1]) > path.stat().st_size):  # MetaIO allocates it
+        raise _damaged(name, "MetaImage")
 
 
 def _check_nrrd_is_attached(path: Path, name: str) -> None:

@@ -6,6 +6,7 @@ import gzip
 import shutil
 import stat
 import zipfile
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -727,6 +728,17 @@ def test_metaimage_data_file_in_any_form_is_refused(tmp_path, tail):
     path = tmp_path / "evil.mha"
     path.write_bytes(header + tail.replace(b"{p}", bytes(raw)))
     with pytest.raises(BadRequest, match="'evil.mha' refers to a separate data file"):
+        read_image([path])
+
+
+@pytest.mark.parametrize("declared", [b"3000000000", b"9" * 5000])
+def test_metaimage_declaring_more_compressed_bytes_than_it_holds_is_refused(tmp_path, declared):
+    # MetaIO allocates the declared CompressedDataSize before reading: only bytes that were uploaded count
+    header = b"ObjectType = Image\nNDims = 3\nDimSize = 8 8 8\nElementType = MET_UCHAR\nCompressedData = True\n"
+    path = tmp_path / "declared.mha"
+    header += b"CompressedDataSize = " + declared + b"\nElementDataFile = LOCAL\n"
+    path.write_bytes(header + zlib.compress(bytes(512)))
+    with pytest.raises(BadRequest, match="damaged or truncated"):
         read_image([path])
 
 
