@@ -47,7 +47,11 @@ def requested_expiry() -> float | None:
 @bp.put("/session/")
 @document(
     query=[
-        Param("expiry", "Seconds it lives after its last use (0 or absent: the default; capped).", {"type": "number"}),
+        Param(
+            "expiry",
+            "Seconds it lives after its last use (0 or absent: the default; capped).",
+            {"type": "number", "minimum": 0},
+        ),
         Param("uncompress", "'true' when the upload is a zip of a DICOM series.", {"type": "boolean"}),
     ],
     body=SESSION_FORM,
