@@ -4,10 +4,11 @@
 
 Starts `aiaa serve` on loopback (with admin credentials, so that the admin API is reached too), loads
 `/openapi.json`, and for every operation sends requests generated from it: valid ones (positive) and
-ones that break the document on purpose (negative). Each reply is checked: no 5xx, a status the
-document lists, a content type it lists, a body that matches its schema. Every failing request is
-recorded with its curl command; a Markdown report (date, machine, command, statuses per operation,
-findings) is written. `tests/test_fuzz_api.py` runs the same loop, briefer.
+ones that break the document on purpose (negative); every other valid inference or polygon request
+runs on a live session (a CT phantom), so that its generated params reach the models. Each reply is
+checked: no 5xx, a status the document lists, a content type it lists, a body that matches its
+schema. Every failing request is recorded with its curl command; a Markdown report (date, machine,
+command, statuses per operation, findings) is written. `tests/test_fuzz_api.py` runs the same loop, briefer.
 """
 
 from __future__ import annotations
@@ -93,9 +94,14 @@ def fuzz(
     headers: dict[str, str] | None = None,
     keep: Callable[[str], bool] = lambda operation: True,
     shrink: bool = False,
+    session_id: str | None = None,
 ) -> Report:
     """Fuzz every operation of `url`'s /openapi.json that `keep` accepts ("PUT /session/"), in both modes,
-    `examples` requests each at most, until `seconds` have passed; findings deduplicated."""
+    `examples` requests each at most, until `seconds` have passed; findings deduplicated.
+
+    With `session_id` (a live session, see `upload_session`), every other valid request to an operation
+    that takes one uses it instead of the generated image, so that the generated `params` reach the
+    models and the polygon code rather than stopping at the image decoder."""
     schema = openapi.from_url(f"{url}/openapi.json")
     http = requests.Session()
     report = Report()
@@ -108,6 +114,8 @@ def fuzz(
             report.stopped_early = True
             return
         report.examples += 1
+        if session_id and mode == GenerationMode.POSITIVE and report.examples % 2 and takes_session(case):
+            use_session(case, session_id)
         try:
             response = case.call(session=http, headers=headers, timeout=REQUEST_TIMEOUT_S)
         except requests.RequestException as error:  # the server closed or timed out: a finding too
@@ -148,6 +156,29 @@ def fuzz(
         print(f"fuzzed {name}: {dict(report.statuses[name])}", file=sys.stderr, flush=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def takes_session(case) -> bool:
+    return case.method.upper() == "POST" and any(p.name == "session_id" for p in case.operation.query)
+
+
+def use_session(case, session_id: str) -> None:
+    """The request on the live session: its session_id, its params, no image part."""
+    case.query = {**(case.query or {}), "session_id": session_id}
+    if isinstance(case.body, dict):
+        case.body = {name: value for name, value in case.body.items() if name == "params"}
+
+
+def upload_session(url: str) -> str:
+    """A small CT phantom as a session; its id."""
+    sys.path[:0] = [str(REPO)]
+    from server.phantoms import make_phantom, write_phantom
+
+    with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-image-") as tmp:
+        image, _ = write_phantom(make_phantom(31, size=(48, 40, 32), spacing=(6.0, 6.0, 6.0)), Path(tmp), stem="ct")
+        reply = requests.put(f"{url}/session/", files={"image": (image.name, image.read_bytes())}, timeout=120)
+    reply.raise_for_status()
+    return reply.json()["session_id"]
 
 
 def sender(send: Callable, name: str, mode: GenerationMode) -> Callable:
@@ -235,14 +266,26 @@ def main(argv: list[str] | None = None) -> Path:
     }
     headers = auth_header(args.user, args.password)
     if args.url:
-        report = fuzz(args.url, examples=args.examples, seed=args.seed, seconds=args.minutes * 60, headers=headers)
+        report = fuzz(
+            args.url,
+            examples=args.examples,
+            seed=args.seed,
+            seconds=args.minutes * 60,
+            headers=headers,
+            session_id=upload_session(args.url),
+        )
     else:
         os.environ.update(SERVER_ENV)
         with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-") as tmp:
             server = processes.start_aiaa(Path(tmp), *SERVER_ARGS)  # inherits the admin credentials above
             try:
                 report = fuzz(
-                    server.url, examples=args.examples, seed=args.seed, seconds=args.minutes * 60, headers=headers
+                    server.url,
+                    examples=args.examples,
+                    seed=args.seed,
+                    seconds=args.minutes * 60,
+                    headers=headers,
+                    session_id=upload_session(server.url),
                 )
             finally:
                 server.stop()

@@ -83,21 +83,20 @@ def text_reply(description: str, media_type: str = "text/plain") -> dict:
 
 
 def form_body(fields: dict[str, dict], required: Sequence[str] = (), description: str = "") -> dict:
-    body = {
-        "required": bool(required),
-        "content": {
-            "multipart/form-data": {
-                "schema": {"type": "object", "properties": fields, **({"required": list(required)} if required else {})}
-            }
-        },
+    """A multipart form; an object field (the `params` JSON) is a part encoded as JSON."""
+    media: dict = {
+        "schema": {"type": "object", "properties": fields, **({"required": list(required)} if required else {})}
     }
+    if json_fields := [name for name, schema in fields.items() if schema.get("type") == "object"]:
+        media["encoding"] = {name: {"contentType": "application/json"} for name in json_fields}
+    body = {"required": bool(required), "content": {"multipart/form-data": media}}
     if description:
         body["description"] = description
     return body
 
 
 BINARY = {"type": "string", "format": "binary"}
-PARAMS_FIELD = {"type": "string", "description": "JSON object with the operation's parameters", "example": "{}"}
+PARAMS_FIELD = {"type": "object", "description": "JSON object with the operation's parameters", "example": {}}
 
 # --- pieces several views share ---------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the whole API from its own OpenAPI document (Schemathesis, issue 12): against a
-live server with admin credentials, every operation gets valid and deliberately invalid requests; zero 5xx,
-and every reply's status, content type and body conform to the document. Bounded: a few examples per
-operation and mode, and a time limit (bench/fuzz.py runs the same loop for longer)."""
+live server with admin credentials (and a live session for the inference and polygon requests), every
+operation gets valid and deliberately invalid requests; zero 5xx, and every reply's status, content type
+and body conform to the document. Bounded: a few examples per operation and mode, and a time limit
+(bench/fuzz.py runs the same loop for longer). No operation is left out."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import requests
 from conftest import REPO_ROOT, start_server, stop_server
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))
-from fuzz import ADMIN, SERVER_ARGS, SERVER_ENV, auth_header, fuzz  # noqa: E402
+from fuzz import ADMIN, SERVER_ARGS, SERVER_ENV, auth_header, fuzz, upload_session  # noqa: E402
 
 EXAMPLES = 5  # per operation and mode
 TIME_LIMIT_S = 60
@@ -26,7 +27,14 @@ def server(tmp_path_factory):
 
 
 def test_every_operation_conforms_and_never_5xx(server):
-    report = fuzz(server.url, examples=EXAMPLES, seed=0, seconds=TIME_LIMIT_S, headers=auth_header(*ADMIN))
+    report = fuzz(
+        server.url,
+        examples=EXAMPLES,
+        seed=0,
+        seconds=TIME_LIMIT_S,
+        headers=auth_header(*ADMIN),
+        session_id=upload_session(server.url),  # generated params reach the models on a real image
+    )
     findings = "\n\n".join(
         f"{f.operation} ({f.mode}) {f.check} status {f.status}\n{f.request}\n{f.detail}"
         for f in report.findings.values()
