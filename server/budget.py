@@ -12,8 +12,9 @@ allocating, with
   the estimate needs no allocation and costs microseconds (the click path stays fast).
 
 Costs per voxel were measured with the app's models (peak RSS growth over one `run_model` call, each case
-in a fresh process): ~16 bytes per input voxel for a whole-volume pipeline (int16 input, 2 classes), ~3.4
-for a click, and 32-45 per voxel of each resampled working grid; the constants below round those up.
+in a fresh process): ~17 bytes per input voxel for a whole-volume pipeline (int16 input, 2 classes), ~3.4
+for a click, ~53 per voxel of a resampled working grid (151³ and 226³ grids) and ~32 when the network
+runs on the input grid itself; the constants below round those up (64 per working voxel for 2 classes).
 Only the scheduler's lanes run requests, at most `interactive_workers + batch_workers` at once, so the
 sum of their ledgers never exceeds the budget.
 """
@@ -44,8 +45,8 @@ MASK_BYTES_PER_VOXEL = 2
 
 def grid_bytes_per_voxel(channels: int) -> int:
     """A working grid: its float input, the network's `channels` outputs and the inferer's/resampler's
-    buffers (sliding-window sums and counts, the sampling coordinates): 52 for two classes (measured 45)."""
-    return FLOAT_BYTES * (7 + 3 * channels)
+    buffers (sliding-window sums and counts, the sampling coordinates): 64 for two classes (measured 53)."""
+    return FLOAT_BYTES * (10 + 3 * channels)
 
 
 def gib(nbytes: float) -> str:
@@ -270,7 +271,9 @@ def pipeline_bytes(task, header: ImageHeader, channels: int) -> tuple[int, str]:
         grid = new
     if not grids:
         grids = [grid]  # the network runs on the input grid itself
-    per_input = header.pixel_bytes + MASK_BYTES_PER_VOXEL + FLOAT_BYTES * (1 + channels if whole_volume else 1)
+    # the array copy, mask and reply; float copies (one for a crop, two and the inverted classes for a
+    # whole-volume pipeline: 20 bytes per int16 voxel with 2 classes, measured 17)
+    per_input = header.pixel_bytes + MASK_BYTES_PER_VOXEL + FLOAT_BYTES * (2 + channels if whole_volume else 1)
     input_bytes = header.voxels * per_input
     work = [g.voxels * grid_bytes_per_voxel(channels) for g in grids]
     largest = max(range(len(grids)), key=lambda i: work[i])
