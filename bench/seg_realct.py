@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="weights file (default: the app's model/segmentation_spleen.pt)")
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--scans", help="only these scans, comma separated (example_ct, example_ct_dicom)")
     parser.add_argument("--phantoms", type=int, default=0, help="also the first N held-out test phantoms (200000..)")
     args = parser.parse_args()
     app_dir = REPO / "apps" / "spleen"
@@ -126,6 +127,8 @@ def main() -> None:
         model = next(m for m in load_app_models(app_dir, "segmentation_spleen"))
     rows = []
     for name, image, truth in real_scans(args.shared_data):
+        if args.scans and name not in args.scans.split(","):
+            continue
         for kind in args.variants.split(","):
             v_image, v_truth = variant(image, truth, kind)
             score, seconds, voxels = evaluate(model, v_image, v_truth)

@@ -27,11 +27,18 @@ REAL_CASES = (
 )
 
 
-def phantom_items(seeds, rng: np.random.Generator, varied_contrast: bool = False) -> list[dict]:
+def phantom_items(
+    seeds,
+    rng: np.random.Generator,
+    varied_contrast: bool = False,
+    dose_range: tuple[float, float] = (0.4, 1.6),
+    unenhanced_share: float = 0.25,
+) -> list[dict]:
     """Phantoms at random spacings (1.5–4 mm) and the phantom orientations, as MetaTensors.
 
-    `varied_contrast`: every phase from unenhanced (a quarter of them) to a strong portal-venous phase,
-    instead of the seeded enhanced scans (spleen ~90–120 HU): real spleens range from ~30 to ~165 HU.
+    `varied_contrast`: contrast doses drawn from `dose_range` (1.6: spleen ~165 HU) and, for
+    `unenhanced_share` of them, unenhanced (dose 0–0.2, spleen ~45 HU), instead of the seeded enhanced
+    scans (spleen ~90–120 HU): real spleens range from ~30 to ~165 HU.
     """
     items = []
     for seed in tqdm(seeds, desc="phantoms", leave=False):
@@ -40,7 +47,7 @@ def phantom_items(seeds, rng: np.random.Generator, varied_contrast: bool = False
         orientation = ORIENTATIONS[seed % len(ORIENTATIONS)]
         contrast = None
         if varied_contrast:
-            dose = rng.uniform(0.0, 0.2) if rng.random() < 0.25 else rng.uniform(0.4, 1.6)
+            dose = rng.uniform(0.0, 0.2) if rng.random() < unenhanced_share else rng.uniform(*dose_range)
             contrast = (float(rng.uniform(0.0, 1.0)), float(dose))
         phantom = make_phantom(seed, size=size, spacing=spacing, orientation=orientation, contrast=contrast)
         items.append({"image": to_metatensor(phantom.image), "label": to_metatensor(phantom.label)})

@@ -64,6 +64,10 @@ def train(
     holdout: tuple[str, ...] = (),
     init: Path | None = None,
     time_limit_s: float | None = None,
+    learning_rate: float = 2e-3,
+    hu_shift: float = 80.0,
+    dose_range: tuple[float, float] = (0.4, 1.6),
+    unenhanced_share: float = 0.25,
 ) -> dict:
     """Train, keep the best validation checkpoint at `model_path`, and return the run's figures.
 
@@ -73,10 +77,10 @@ def train(
     set_determinism(seed)
     rng = np.random.default_rng(seed)
     if data_dir is None:
-        train_items = phantom_items(range(seed, seed + num_train), rng, varied_contrast=True)
-        val_items = phantom_items(
-            range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), rng, varied_contrast=True
-        )
+        contrast = {"varied_contrast": True, "dose_range": dose_range, "unenhanced_share": unenhanced_share}
+        train_items = phantom_items(range(seed, seed + num_train), rng, **contrast)
+        val_seeds = range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val)
+        val_items = phantom_items(val_seeds, rng, **contrast)
     else:
         items = msd_items(Path(data_dir))
         split = max(1, len(items) // 5)
@@ -99,7 +103,7 @@ def train(
         LabelFilterd(keys="label", applied_labels=[SPLEEN]),
     ]
     augment = [
-        RandHUShiftScaled(keys="image", shift=80.0, scale=0.15, prob=0.8),
+        RandHUShiftScaled(keys="image", shift=hu_shift, scale=0.15 * hu_shift / 80.0, prob=0.8),
         *ct_window(),
         SpatialPadd(keys=("image", "label"), spatial_size=PATCH),
         RandCropByPosNegLabeld(
@@ -147,6 +151,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         checkpoint=model_path.with_suffix(".ckpt"),
         time_limit_s=time_limit_s,
+        learning_rate=learning_rate,
     )
 
 
@@ -156,9 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=24)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-val", type=int, default=6, help="validation phantoms (seeds 100000..)")
     parser.add_argument("--holdout", default="", help="real scans kept out, comma separated (example_ct, ...)")
     parser.add_argument("--init", type=Path, help="warm start from these weights")
-    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule)")
+    parser.add_argument("--hu-shift", type=float, default=80.0, help="HU shift augmentation, ± (scale ±15 %% at 80)")
+    parser.add_argument("--doses", default="0.4,1.6", help="phantom contrast doses (1.0: seeded maximum)")
+    parser.add_argument("--unenhanced-share", type=float, default=0.25, help="phantoms without contrast")
+    parser.add_argument("--shared-data", type=Path, default=SHARED_DATA, help="'none': phantoms only")
     parser.add_argument("--time-limit-min", type=float, help="stop this sitting after the epoch that passes it")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     args = parser.parse_args(argv)
@@ -168,9 +178,14 @@ def main(argv: list[str] | None = None) -> None:
         epochs=args.epochs,
         steps_per_epoch=args.steps,
         seed=args.seed,
-        shared_data=args.shared_data,
+        num_val=args.num_val,
+        shared_data=None if str(args.shared_data) == "none" else args.shared_data,
         holdout=tuple(h for h in args.holdout.split(",") if h),
         init=args.init,
+        learning_rate=args.lr,
+        hu_shift=args.hu_shift,
+        dose_range=tuple(float(d) for d in args.doses.split(",")),
+        unenhanced_share=args.unenhanced_share,
         time_limit_s=args.time_limit_min * 60 if args.time_limit_min else None,
     )
     print({k: v for k, v in report.items() if k != "history"})
