@@ -11,16 +11,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..auth import admin_required
-from ..errors import BadRequest, NotFound, ServiceUnavailable
+from ..errors import NotFound, ServiceUnavailable
 from ..logs import LOG_FILE
 from ..metrics import app_metrics
 from ..openapi import Param, build_spec, document, json_reply, text_reply
+from ..params import query_flag, query_int
 
 bp = Blueprint("ops", __name__)
 DEFAULT_LOG_LINES = 100
 MAX_LOG_LINES = 10_000
-TRUE_WORDS = ("1", "true", "yes")
-FALSE_WORDS = ("", "0", "false", "no")
 
 
 @bp.get("/health")
@@ -77,34 +76,21 @@ def logs():
 
     Admin credentials are required, as for the dashboard: the AIAA clients never call it.
     """
-    count = log_lines(request.args.get("lines"))
-    as_html = request.args.get("html", "").strip().lower()
-    if as_html not in TRUE_WORDS + FALSE_WORDS:
-        raise BadRequest("'html' must be true or false.")
+    count = query_int("lines", DEFAULT_LOG_LINES, minimum=1, maximum=MAX_LOG_LINES)
+    as_html = query_flag("html")
     path = current_app.config["SETTINGS"].log_dir / LOG_FILE
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = "".join(deque(f, maxlen=count))
     except FileNotFoundError:
         raise NotFound("This server writes no log file (it was not started with `aiaa serve`).") from None
-    if as_html in TRUE_WORDS:
+    if as_html:
         page = (
             '<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">'
             f"<title>AIAA server log</title></head><body><pre>{html.escape(text)}</pre></body></html>"
         )
         return Response(page, mimetype="text/html")
     return Response(text, mimetype="text/plain")
-
-
-def log_lines(value: str | None) -> int:
-    """`lines` as a whole number from 1 to MAX_LOG_LINES (400 otherwise: `1e20`, `many`, `-1`)."""
-    if value is None:
-        return DEFAULT_LOG_LINES
-    text = value.strip()
-    count = int(text) if text.isascii() and text.isdigit() and len(text) <= len(str(MAX_LOG_LINES)) else 0
-    if not 1 <= count <= MAX_LOG_LINES:
-        raise BadRequest(f"'lines' must be a whole number from 1 to {MAX_LOG_LINES}.")
-    return count
 
 
 @bp.get("/openapi.json")
