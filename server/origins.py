@@ -65,8 +65,10 @@ def host_name(host_header: str) -> str:
 def host_allowed(host_header: str | None, allowed: tuple[str, ...]) -> bool:
     if not allowed:
         return True
-    if not host_header:  # HTTP/1.0 clients send none; browsers (the DNS-rebinding vector) always do
+    if host_header is None:  # HTTP/1.0 clients send none; browsers (the DNS-rebinding vector) always do
         return True
+    if not host_header.strip():
+        return False
     name = host_name(host_header)
     return any(name == entry or (entry.startswith(".") and name.endswith(entry)) for entry in allowed)
 
