@@ -40,6 +40,7 @@ from server.phantoms import LABELS, make_phantom  # noqa: E402
 
 SIZES = ((192, 192, 64), (256, 256, 80), (224, 224, 96))  # voxels; field of view as an abdominal CT
 FIELD_OF_VIEW_MM = (384.0, 384.0, 250.0)
+TREND_MIN_S = 15 * 60
 
 
 @dataclass
@@ -153,6 +154,13 @@ def growth_mb_per_hour(samples: list[tuple[float, float, str]]) -> float:
     return float(np.polyfit(t, rss, 1)[0] * 3600)
 
 
+def trend(samples: list[tuple[float, float, str]], load_s: float) -> str:
+    """MiB/h, only from a load of TREND_MIN_S or more: over minutes, RSS swings by more than it drifts."""
+    if load_s < TREND_MIN_S:
+        return f"n/a (needs a load of {TREND_MIN_S / 60:.0f} min or more)"
+    return f"{growth_mb_per_hour(samples):+.0f} MiB/h"
+
+
 def report(result: dict, args, header: dict) -> str:
     samples, tally = result["samples"], result["tally"]
     start_rss = samples[0][1]
@@ -184,8 +192,7 @@ def report(result: dict, args, header: dict) -> str:
         f"| RSS highest sample under load / process peak (VmHWM) | {max(load_rss, default=float('nan')):.0f} MiB"
         f" / {result['peak']:.0f} MiB |",
         f"| RSS after {args.idle:g} s idle, no session left | {end_rss:.0f} MiB ({end_rss - start_rss:+.0f} MiB) |",
-        f"| RSS trend under load (line fitted to its second half; noisy on a run of minutes) "
-        f"| {growth_mb_per_hour(samples):+.0f} MiB/h |",
+        f"| RSS trend under load (line fitted to its second half) | {trend(samples, result['load_ended'])} |",
         "",
         "## RSS over time",
         "",
