@@ -238,8 +238,9 @@ class OnnxModule(Engine):
                 # Concurrent requests share the cores: threads that spin while idle would steal them.
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 # The CPU arena grows to the largest run's peak and never gives it back (two sessions per
-                # model): a 20-minute soak grew ~900 MB/h and kept it when idle; without it 8 MB/h, and
-                # the click latency is the same (bench/results/soak.md).
+                # model): a 20-minute soak grew ~900 MB/h and kept it when idle. Without it the server
+                # starts 160 MiB smaller and gives the memory back when the load ends, at a click latency
+                # within the noise of the runs here (bench/results/soak.md).
                 options.enable_cpu_mem_arena = False
                 self._sessions[threads] = ort.InferenceSession(self.source, options, providers=self.providers)
             return self._sessions[threads]
