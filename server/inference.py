@@ -56,7 +56,7 @@ def run_model(
     if mask.shape != tuple(image.GetSize()):
         raise RuntimeError(f"model '{model.name}' returned a {mask.shape} mask for a {image.GetSize()} image")
     result = {**data.get(model.task.output_json_key, {}), **describe_mask(mask, data.get(PRED_BOX))}
-    result["label_names"] = {name: i + 1 for i, name in enumerate(model.labels)}
+    result["label_names"] = label_names(model)
     result["latencies"] = {
         "prepare": round(prepared - started, 4),
         "infer": round(inferred - prepared, 4),
@@ -64,6 +64,16 @@ def run_model(
     }
     yield_point()
     return mask, result
+
+
+def label_names(model: ServedModel) -> dict[str, int]:
+    """{name: value} of the mask. A class-agnostic click or annotation model lists every structure it was
+    trained on, yet its mask is binary (1 = the object pointed at): naming value 1 after all of them would
+    mislead, so such a reply names nothing."""
+    labels = model.labels
+    if model.type != "segmentation" and len(labels) > 1:
+        return {}
+    return {name: i + 1 for i, name in enumerate(labels)}
 
 
 def warm_up(models: list[ServedModel], device: str = "cpu") -> None:

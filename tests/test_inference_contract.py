@@ -46,8 +46,9 @@ def test_points_as_json_string_floats_and_edge_clamp(live_server, case, tmp_path
     size = phantom.image.GetSize()
     points.append([size[0], size[1], size[2]])  # one voxel past the far corner: clamped, not refused
     params = {"points": json.dumps(points)}
-    _, name, data = parse_result(post(live_server.url, "dextr3d", "extreme_points", files, params))
+    result, name, data = parse_result(post(live_server.url, "dextr3d", "extreme_points", files, params))
     assert_same_grid(read_mask(data, name, tmp_path), phantom.image)
+    assert result["label_names"] == {}  # class-agnostic: the binary mask is the object pointed at, not a class
 
 
 @pytest.mark.parametrize(
