@@ -18,6 +18,7 @@ from .inference import warm_up
 from .logs import loggable, session_tag
 from .metrics import Metrics
 from .origins import register_origin_policy
+from .params import MAX_PARAMS_BYTES
 from .registry import ModelRegistry
 from .scheduler import Scheduler
 from .sessions import SessionStore
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    # A non-file form field is held in memory: past twice the params limit Werkzeug stops reading (413);
+    # below, server/params.py answers with its own precise 400.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 2 * MAX_PARAMS_BYTES
     app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
     engines.configure(settings.engine, settings.model_engines, settings.inference_threads)
     if registry is None:
@@ -118,7 +122,12 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(error: HTTPException):
         message = error.description or error.name
         if isinstance(error, RequestEntityTooLarge):
-            message = too_large_message(app.config["MAX_CONTENT_LENGTH"])
+            declared = request.content_length
+            if declared is not None and declared <= app.config["MAX_CONTENT_LENGTH"]:  # a form field, not the body
+                limit = app.config["MAX_FORM_MEMORY_SIZE"]
+                message = f"A form field (such as 'params') is over this server's limit of {limit} bytes."
+            else:
+                message = too_large_message(app.config["MAX_CONTENT_LENGTH"])
         body = ApiError(message, status=error.code, type=error.name.replace(" ", "")).to_json()
         return jsonify(body), error.code
 

@@ -113,6 +113,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         session_expiry_s=args.session_expiry,
         session_max_expiry_s=args.session_max_expiry,
         session_max_bytes=int(args.session_max_mb * 2**20),
+        memory_budget_bytes=int(args.memory_budget_mb * 2**20),
         session_reap_interval_s=args.session_reap_interval,
         url_prefix=args.url_prefix,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
@@ -313,6 +314,13 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.session_max_bytes / 2**20,
         help="total decoded image memory all sessions may hold (MB)",
+    )
+    p.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=defaults.memory_budget_bytes / 2**20,
+        help="memory the running requests may use together; each gets budget / (interactive + batch workers), "
+        "more is a 413 before anything is allocated (MB; default from AIAA_MEMORY_BUDGET_MB, else 12288)",
     )
     p.add_argument(
         "--session-reap-interval",

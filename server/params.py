@@ -19,8 +19,10 @@ from flask import request
 from .errors import BadRequest
 from .points import parse_points
 
-MAX_PARAMS_BYTES = 256 * 1024
-"""Largest `params` field: a few hundred points are a few KB; this leaves room for any real client."""
+MAX_PARAMS_BYTES = 4 * 1024**2
+"""Largest `params` field (and any other form field): a few hundred points are a few KB, but a 3D
+fix-polygon request carries the polygons of every slice of an organ (a phantom spleen: 134 KB; a liver
+several times that). Parsing 4 MiB of JSON costs tens of milliseconds."""
 
 MAX_JSON_DEPTH = 10
 """Deepest nesting of arrays and objects in `params` (points are 3 deep; Python recursion is not a limit)."""
