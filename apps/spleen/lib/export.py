@@ -5,6 +5,8 @@ instance by instance), never written a second time: a transform this module cann
 export. The app's transforms are named `aiaa.transforms.<Class>`, which the server's allow-list maps to
 these same classes (a stock Clara/MONAI host does not have them). The server's v4 and bundle readers
 (`server.model_formats`) load the result and give the same masks as the app (tests/test_export.py).
+Exported click models infer on one crop: the app's zoom-out pass (`lib/infers/interactive.py`) is
+the app task's own loop, not a transform, so a generic host runs the first pass only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib import transforms as app_transforms
 from lib.configs import load_configs
+from lib.infers.interactive import KeepUncroppedd
 from server import __version__
 from server.model_formats.weights import load_state_dict
 
@@ -46,6 +49,8 @@ def describe_transform(t) -> tuple[str, dict] | None:
     """(name, args) of one of the app's transform instances; None for the final `RestoreGeometryd`,
     which the server's reader appends to every pipeline itself."""
     if isinstance(t, app_transforms.RestoreGeometryd):
+        return None
+    if isinstance(t, KeepUncroppedd):  # bookkeeping for the app's zoom-out pass, which a generic host does not run
         return None
     if isinstance(t, app_transforms.LoadImageOrTensord):
         return "monai.transforms.LoadImaged", {"keys": _keys(t), "ensure_channel_first": True}
