@@ -441,16 +441,20 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path, help="weights <name>.pt to use instead of the app's model/")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--compare", type=Path, help="a JSON of an earlier run: its means go in the summary")
+    parser.add_argument("--merge", type=Path, nargs="+", help="report the rows of these --json files; evaluate nothing")
     parser.add_argument("--note", action="append", default=[], help="a line for the report's header")
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/accuracy.*")
     args = parser.parse_args()
-    models = load_models(args.weights_dir)
-    variants = (Variant.ORIGINAL,) if args.quick else tuple(Variant)
     rows: list[Row] = []
-    for name, image, truth in phantom_cases(1 if args.quick else args.phantoms):
-        rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
-    for case in real_cases(args.shared_data, variants, args.patients):
-        rows += evaluate_case(models, case.image, case.organs(), source=case.patient, variant=case.variant)
+    if args.merge:
+        rows = [Row(**r) for path in args.merge for r in json.loads(path.read_text())["rows"]]
+    else:
+        models = load_models(args.weights_dir)
+        variants = (Variant.ORIGINAL,) if args.quick else tuple(Variant)
+        for name, image, truth in phantom_cases(1 if args.quick else args.phantoms):
+            rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
+        for case in real_cases(args.shared_data, variants, args.patients):
+            rows += evaluate_case(models, case.image, case.organs(), source=case.patient, variant=case.variant)
     command = " ".join(["bench/accuracy.py", *sys.argv[1:]])
     if args.json:
         args.json.write_text(json.dumps({"command": command, "rows": [asdict(r) for r in rows]}, default=_round))

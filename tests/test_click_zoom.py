@@ -10,10 +10,13 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.data import MetaTensor
 
 from lib.evaluation import dice
 from lib.infers import DeepGrow3D, ExtremePoints
 from lib.infers.interactive import touched_faces, zoomed_box
+from lib.transforms import CropAroundPointsd
+from lib.transforms.transforms import AIR_HU
 from server.imageio import to_array
 from server.inference import run_model
 from server.registry import ServedModel
@@ -85,15 +88,6 @@ def test_one_click_segments_an_object_larger_than_the_first_crop(tmp_path):
     assert dice(mask, bar) > 0.9  # on a coarser crop (up to 6 mm voxels across a 40 mm bar)
 
 
-def test_background_clicks_are_inside_the_crop(tmp_path):
-    image, _ = bar_image()
-    model = served(DeepGrow3D, tmp_path)
-    model.task.max_zoom_outs = 0
-    _, result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": [[20, 60, 50]]})
-    (i0, i1), _, _ = result["crop"]
-    assert i0 <= 20 < i1
-
-
 def test_extreme_points_do_not_zoom(tmp_path):
     image, bar = bar_image()
     points = [[30, 60, 50], [209, 60, 50], [120, 50, 50], [120, 69, 50], [120, 60, 40], [120, 60, 59]]
@@ -102,3 +96,38 @@ def test_extreme_points_do_not_zoom(tmp_path):
     assert i0 <= 30 and i1 >= 210 and (i1 - i0) * SPACING[0] < 420  # the points' box and its padding
     assert dice(mask, bar) > 0.95
     assert to_array(image).shape == mask.shape
+
+
+def test_a_crop_beyond_a_thin_scan_keeps_its_size_in_mm():
+    """20 slices of 2 mm: the 128 mm crop is padded with air along k, not stretched from 40 mm."""
+    affine = torch.diag(torch.tensor([1.0, 1.0, 2.0, 1.0]))
+    image = MetaTensor(torch.full((1, 100, 100, 20), 40.0), affine=affine)
+    crop = CropAroundPointsd(
+        keys="image",
+        box_points=("foreground",),
+        points_keys=("foreground",),
+        roi_size=(80, 80, 80),
+        padding_mm=24.0,
+        min_size_mm=128.0,
+        pad_beyond_image=True,
+    )
+    data = crop({"image": image, "foreground": [[50, 50, 10]]})
+    (_, _, k0), (_, _, k1) = data["crop_box"]
+    assert k1 - k0 == 64 and k0 < 0 and k1 > 20
+    planes = data["image"][0].amax((0, 1))
+    tissue = int((planes > 0).sum())
+    assert abs(tissue - 80 * 20 / 64) <= 2  # the scan's 40 mm fill a third of the crop's 128 mm
+    assert planes[0] == AIR_HU and planes[-1] == AIR_HU
+
+
+def test_one_click_on_a_thin_scan(tmp_path):
+    hu = np.full((160, 160, 20), 40, dtype=np.int16)
+    bar = np.zeros(hu.shape, dtype=bool)
+    bar[40:120, 60:100, :] = True  # cut by both ends of the scan, like the organs of a 20-slice series
+    hu[bar] = 400
+    image = sitk.GetImageFromArray(hu.T.copy())
+    image.SetSpacing((1.0, 1.0, 2.0))
+    mask, result = run_model(served(DeepGrow3D, tmp_path), image, {"foreground": [[80, 80, 10]], "background": []})
+    assert result["crop"][2] == [0, 20]  # the reported crop is the part inside the image
+    assert mask.shape == hu.shape
+    assert dice(mask, bar) > 0.9

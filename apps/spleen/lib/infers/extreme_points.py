@@ -19,6 +19,7 @@ class ExtremePoints(InteractiveTask):
     crop_size = (80, 80, 80)
     padding_mm = 20.0
     sigma = 3.0
+    pad_beyond_image = True
     max_zoom_outs = 0  # the points bound the object: a prediction at the crop's border is a leak
 
     def __init__(self, path, network, **kwargs):

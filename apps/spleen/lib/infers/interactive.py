@@ -18,7 +18,7 @@ from monai.transforms import EnsureTyped, MapTransform, ScaleIntensityRanged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
-from lib.transforms.transforms import ZOOM_BOX, bare
+from lib.transforms.transforms import ZOOM_BOX, bare, fit_in_image
 
 from .base import AppInferTask
 
@@ -34,6 +34,7 @@ def click_preprocessing(
     roi_size: Sequence[int],
     padding_mm: float,
     min_size_mm: float,
+    pad_beyond_image: bool = False,
 ) -> list[Callable]:
     """Crop around the points and window the CT; the trainers use it with the label as a second key."""
     return [
@@ -45,6 +46,7 @@ def click_preprocessing(
             padding_mm=padding_mm,
             min_size_mm=min_size_mm,
             modes=modes,
+            pad_beyond_image=pad_beyond_image,
         ),
         ScaleIntensityRanged(keys="image", a_min=CT_WINDOW[0], a_max=CT_WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
     ]
@@ -79,27 +81,34 @@ def touched_faces(scores: torch.Tensor, fraction: float = TOUCH_FRACTION) -> np.
 
 
 def zoomed_box(
-    start: Sequence[int], end: Sequence[int], shape: Sequence[int], touched: np.ndarray, factor: float
+    start: Sequence[int],
+    end: Sequence[int],
+    shape: Sequence[int],
+    touched: np.ndarray,
+    factor: float,
+    beyond_image: bool = False,
 ) -> tuple[list[int], list[int]] | None:
     """The next, `factor` times larger box ([start, end)) for a prediction that touched the faces
     `touched` (3×2) of the box, or None when no touched face can move (it is the image's edge).
 
     It grows away from the touched faces: a box touched on one side only keeps a tenth of its size
     beyond the other; one touched on both sides, or neither, grows about its centre. Shifted, not
-    shrunk, to stay inside the image.
+    shrunk, to stay inside the image where it fits (`beyond_image`: it may outgrow the image).
     """
     start, end, shape = (np.asarray(v, dtype=int) for v in (start, end, shape))
     movable = touched & np.stack([start > 0, end < shape], axis=1)
     if not movable.any():
         return None
     size = end - start
-    new_size = np.minimum(np.ceil(size * factor).astype(int), shape)
+    new_size = np.ceil(size * factor).astype(int)
+    if not beyond_image:
+        new_size = np.minimum(new_size, shape)
     new_start = np.round((start + end) / 2 - new_size / 2).astype(int)
     margin = np.ceil(size / 10).astype(int)
     low_only, high_only = movable[:, 0] & ~movable[:, 1], movable[:, 1] & ~movable[:, 0]
     new_start = np.where(low_only, end + margin - new_size, new_start)
     new_start = np.where(high_only, start - margin, new_start)
-    new_start = np.clip(new_start, 0, shape - new_size)
+    new_start = fit_in_image(new_start, new_size, shape)
     new_end = new_start + new_size
     if (new_start == start).all() and (new_end == end).all():
         return None
@@ -119,6 +128,7 @@ class InteractiveTask(AppInferTask):
     sigma: float = 2.0
     max_zoom_outs: int = 2
     zoom_factor: float = 2.0
+    pad_beyond_image: bool = False  # crops keep their size in mm at the image's edge (padded with air)
 
     def __init__(self, path, network, **kwargs):
         super().__init__(
@@ -148,6 +158,7 @@ class InteractiveTask(AppInferTask):
                 self.crop_size,
                 self.padding_mm,
                 self.min_size_mm,
+                self.pad_beyond_image,
             ),
             PointHeatmapsd(keys="image", points_keys=self.points_keys, sigma=self.sigma),
             EnsureTyped(keys="image", dtype="float32"),
@@ -163,7 +174,8 @@ class InteractiveTask(AppInferTask):
             logits = bare(data[self.output_label_key]).float()
             scores = logits[1] - logits[0] if logits.shape[0] == 2 else logits[0]
             start, end = data["crop_box"]
-            box = zoomed_box(start, end, data["image_shape"], touched_faces(scores), self.zoom_factor)
+            touched = touched_faces(scores)
+            box = zoomed_box(start, end, data["image_shape"], touched, self.zoom_factor, self.pad_beyond_image)
             if box is None:
                 break
             redo = {**data, **data[UNCROPPED], ZOOM_BOX: box}

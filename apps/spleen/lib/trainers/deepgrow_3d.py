@@ -3,12 +3,16 @@
 Each sample starts from MONAI's initial seed point inside the object (`AddInitialSeedPointd`); then,
 for a random number of rounds, the network's current prediction is compared with the truth
 (`FindDiscrepancyRegionsd`) and a corrective click is added in the largest error (`AddRandomGuidanced`).
-Crops are made by the inference pre-processing itself, with the box size jittered.
+Crops are made by the inference pre-processing itself, at the scales inference meets: half of them
+centred on the click, 96–320 mm wide (the first pass and the zoom-outs, often cutting the object, so the
+network learns to follow it to the crop's border, which triggers a zoom-out), half holding the whole
+object with a margin (what a zoom-out ends on). Every crop is augmented (`interactive.augment_crop`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +23,36 @@ from monai.utils import set_determinism
 from lib.infers.deepgrow_3d import DeepGrow3D
 from lib.infers.interactive import click_preprocessing
 from lib.networks import deepgrow_network
+from lib.transforms import crop_box
+from lib.transforms.transforms import ZOOM_BOX, fit_in_image
 from server.phantoms import LABELS
 
-from .interactive import ObjectPool, batch, run_pipeline, validation_dice
+from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice
 from .loop import fit
 
-MAX_CLICKS = 6
+MAX_CLICKS = 3
 BATCH_SIZE = 2
+CLICK_CENTRED_MM = (96.0, 320.0)  # crop widths of the click-centred training crops (log-uniform)
+OBJECT_MARGIN = (1.1, 2.0)  # whole-object crops: the object's largest extent times this
+
+
+def training_box(obj, image, click: list[int], rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """A crop box as inference could make it: click-centred at a random width, or around the whole object."""
+    shape = np.asarray(image.shape[1:], dtype=int)
+    spacing = np.asarray(image.pixdim, dtype=float)[:3]
+    if rng.random() < 0.5:
+        width = float(np.exp(rng.uniform(*np.log(CLICK_CENTRED_MM))))
+        points = np.asarray([click], dtype=float)
+        start, end = crop_box(points, shape, spacing, DeepGrow3D.padding_mm, width, DeepGrow3D.pad_beyond_image)
+        return start.tolist(), end.tolist()
+    low, high = np.asarray(obj.start), np.asarray(obj.end)
+    width = float(((high - low) * spacing).max() * rng.uniform(*OBJECT_MARGIN))
+    size = np.ceil(width / spacing).astype(int)
+    if not DeepGrow3D.pad_beyond_image:
+        size = np.minimum(size, shape)
+    centre = (low + high) / 2 + rng.uniform(-0.1, 0.1, 3) * size
+    start = fit_in_image(np.round(centre - size / 2).astype(int), size, shape)
+    return start.tolist(), (start + size).tolist()
 
 
 def make_sample(
@@ -37,7 +64,6 @@ def make_sample(
     sub = np.asarray(mask[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]])
     seed = json.loads(seed_transform({"label": sub})["guidance"])[0][0]  # [distance, i, j, k] in the sub-volume
     click = (np.asarray(seed[1:]) + start).tolist()
-    min_size = rng.uniform(110.0, 170.0) if jitter else DeepGrow3D.min_size_mm
     transforms = click_preprocessing(
         ("image", "label"),
         ("trilinear", "nearest"),
@@ -45,11 +71,15 @@ def make_sample(
         DeepGrow3D.points_keys,
         DeepGrow3D.crop_size,
         DeepGrow3D.padding_mm,
-        min_size,
+        DeepGrow3D.min_size_mm,
+        DeepGrow3D.pad_beyond_image,
     )
-    return run_pipeline(
-        {"image": items[obj.item]["image"], "label": mask, "foreground": [click], "background": []}, transforms
-    )
+    image = items[obj.item]["image"]
+    data = {"image": image, "label": mask, "foreground": [click], "background": []}
+    if not jitter:
+        return run_pipeline(data, transforms)
+    data[ZOOM_BOX] = training_box(obj, image, click, rng)
+    return augmented(data, transforms, rng, thin_scan_around="foreground")
 
 
 def add_corrective_clicks(network: torch.nn.Module, samples: list[dict], rounds: int, click_transform) -> None:
@@ -113,14 +143,22 @@ def train(
         return validation_dice(network, val_samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
 
     network = deepgrow_network()
-    warm_start(network, model_path.parent / "extreme_points.pt")
-    return fit(network, next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    warm_start(network, Path(os.environ.get(WARM_START_ENV) or model_path.parent / "extreme_points.pt"))
+    return fit(
+        network,
+        next_batch,
+        validate,
+        model_path,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        checkpoint=model_path.with_suffix(".ckpt"),
+    )
 
 
 def warm_start(network: torch.nn.Module, extreme_points_weights: Path) -> None:
     """Start from the trained extreme-points UNet (same network, one input channel fewer): it already
     segments the object a heatmap points at. Its CT and heatmap input filters seed the CT and foreground
-    channels; the background-click channel starts at zero."""
+    channels; the background-click channel starts at zero. Deepgrow weights load as they are."""
     if not extreme_points_weights.is_file():
         return
     source = torch.load(extreme_points_weights, map_location="cpu", weights_only=True)

@@ -1,7 +1,9 @@
-"""Train extreme_points: jittered extreme points of each object's mask, crops as inference makes them."""
+"""Train extreme_points: jittered extreme points of each object's mask, crops as inference makes them,
+augmented as real scans differ (`interactive.augment_crop`); `$AIAA_WARM_START` names weights to start from."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from lib.infers.extreme_points import ExtremePoints
 from lib.infers.interactive import click_preprocessing
 from lib.networks import extreme_points_network
 
-from .interactive import ObjectPool, batch, run_pipeline, validation_dice
+from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice
 from .loop import fit
 
 BATCH_SIZE = 2
@@ -37,10 +39,10 @@ def make_sample(obj, items: list[dict], rng: np.random.Generator, jitter: bool) 
         ExtremePoints.crop_size,
         padding,
         0.0,
+        ExtremePoints.pad_beyond_image,
     )
-    return run_pipeline(
-        {"image": items[obj.item]["image"], "label": mask, "points": points.round().tolist()}, transforms
-    )
+    data = {"image": items[obj.item]["image"], "label": mask, "points": points.round().tolist()}
+    return augmented(data, transforms, rng) if jitter else run_pipeline(data, transforms)
 
 
 def train(
@@ -66,6 +68,16 @@ def train(
     def validate(network) -> float:
         return validation_dice(network, val_samples, ExtremePoints.points_keys, ExtremePoints.sigma)
 
+    network = extreme_points_network()
+    if os.environ.get(WARM_START_ENV):
+        network.load_state_dict(torch.load(os.environ[WARM_START_ENV], map_location="cpu", weights_only=True))
+        print(f"warm start from {os.environ[WARM_START_ENV]}", flush=True)
     return fit(
-        extreme_points_network(), next_batch, validate, model_path, epochs=epochs, steps_per_epoch=steps_per_epoch
+        network,
+        next_batch,
+        validate,
+        model_path,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        checkpoint=model_path.with_suffix(".ckpt"),
     )

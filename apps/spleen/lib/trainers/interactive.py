@@ -1,24 +1,97 @@
 """What the click models' trainers share: objects of many shapes, and crops made the way inference makes them.
 
 Objects come from every phantom organ and, when `../shared/data` is present, every TotalSegmentator
-organ of the real CTs except the four the README reports accuracy on (see `data.REAL_HELD_OUT`).
+structure of the real CTs of the patients named in `$AIAA_REAL_PATIENTS` (comma separated: `example_ct`,
+`dicom`; default both). Evaluate on the other patient (`bench/accuracy.py --patients`): leave-one-patient-out.
+Crops are augmented as real scans differ: contrast phase and calibration (HU shift and scale), noise, and
+slice thickness 1–8 mm.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from lib.transforms import PointHeatmapsd
+from lib.transforms.transforms import AIR_HU
+from server.imageio import read_image, to_metatensor
 from server.phantoms import LABELS
 
-from .data import REAL_HELD_OUT, VALIDATION_SEED_OFFSET, TrainingObject, objects, phantom_items, real_items
+from .augment import thick_slices
+from .data import REAL_CASES, VALIDATION_SEED_OFFSET, TrainingObject, objects, phantom_items
 from .loop import dice_score
 
 SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
+REAL_PATIENTS_ENV = "AIAA_REAL_PATIENTS"  # which real patients' structures to train on (default: all)
+WARM_START_ENV = "AIAA_WARM_START"  # weights to start from (default: the trainer's own choice)
+PATIENT_OF_CASE = {"totalseg/example_ct.nii.gz": "example_ct", "totalseg/example_ct_dicom": "dicom"}
+
+
+def training_patients() -> set[str]:
+    names = os.environ.get(REAL_PATIENTS_ENV, "example_ct,dicom")
+    return {n.strip() for n in names.split(",") if n.strip()}
+
+
+def patient_items(shared_data: Path, patients: set[str]) -> list[dict]:
+    """The real CTs of `patients`, with their label maps on the CT grid."""
+    items = []
+    for image_name, label_name in REAL_CASES:
+        image_path, label_path = shared_data / image_name, shared_data / label_name
+        if PATIENT_OF_CASE.get(image_name) not in patients or not (image_path.exists() and label_path.exists()):
+            continue
+        image = read_image(sorted(image_path.iterdir()) if image_path.is_dir() else [image_path])
+        label = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
+        items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
+    return items
+
+
+def augment_crop(image: torch.Tensor, slice_mm: float, rng: np.random.Generator) -> torch.Tensor:
+    """A 1×X×Y×Z crop in HU as another scan could show it: contrast phase / calibration (shift ±100 HU,
+    scale ±15 % about 40 HU), noise (σ ≤ 30 HU), and slices 1–8 mm thick (`slice_mm`: the crop's voxel
+    size along k, the slice axis)."""
+    image = torch.as_tensor(image).float()
+    if rng.random() < 0.8:
+        image = (image - 40.0) * rng.uniform(0.85, 1.15) + 40.0 + rng.uniform(-100.0, 100.0)
+    if rng.random() < 0.5:
+        noise = rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0.0, 30.0)
+        image = image + torch.from_numpy(noise)
+    ratio = rng.uniform(1.0, 8.0) / slice_mm
+    if rng.random() < 0.5 and ratio > 1.2:
+        image = thick_slices(image, ratio)
+    return image
+
+
+def augmented(
+    data: dict, transforms: Sequence[Callable], rng: np.random.Generator, thin_scan_around: str | None = None
+) -> dict:
+    """Run the click pre-processing (crop, then window) with `augment_crop` between the two.
+
+    `thin_scan_around` (a points key): a quarter of the crops become those of a scan only 30–150 mm
+    deep (the DICOM example is 40 mm) holding that key's first point: CT air and no label beyond it,
+    as a crop padded beyond the image (`pad_beyond_image`) shows it.
+    """
+    spacing_k = float(np.asarray(data["image"].pixdim, dtype=float)[2])
+    data = transforms[0](data)
+    start, end = data["crop_box"]
+    depth = data["image"].shape[-1]
+    slice_mm = spacing_k * (end[2] - start[2]) / depth
+    data["image"] = augment_crop(data["image"], slice_mm, rng)
+    if thin_scan_around and data.get(thin_scan_around) and rng.random() < 0.25:
+        slab = max(2, int(round(rng.uniform(30.0, 150.0) / slice_mm)))
+        centre = data[thin_scan_around][0][2]
+        low = int(np.clip(centre - rng.integers(0, slab), 0, depth - 1))
+        outside = np.ones(depth, dtype=bool)
+        outside[low : low + slab] = False
+        data["image"][..., torch.from_numpy(outside)] = AIR_HU
+        label = torch.as_tensor(data["label"])
+        label[..., torch.from_numpy(outside)] = 0
+        data["label"] = label
+    return run_pipeline(data, transforms[1:])
 
 
 class ObjectPool:
@@ -34,13 +107,17 @@ class ObjectPool:
         min_volume_ml: float = 0.0,
     ):
         self.rng = np.random.default_rng(seed)
-        phantoms = phantom_items(range(seed, seed + num_train), self.rng)
-        real = real_items(shared_data) if shared_data and shared_data.is_dir() else []
+        phantoms = phantom_items(range(seed, seed + num_train), self.rng, varied_contrast=True)
+        real = patient_items(shared_data, training_patients()) if shared_data and shared_data.is_dir() else []
         self.items = phantoms + real
-        self.objects = objects(phantoms, skip=set(skip_phantom_labels), min_volume_ml=min_volume_ml) + [
+        phantom_objects = objects(phantoms, skip=set(skip_phantom_labels), min_volume_ml=min_volume_ml)
+        real_objects = [
             TrainingObject(o.item + len(phantoms), o.value, o.start, o.end)
-            for o in objects(real, skip=set(REAL_HELD_OUT), min_volume_ml=min_volume_ml)
+            for o in objects(real, min_volume_ml=min_volume_ml)
         ]
+        # Real structures drawn as often as phantom ones: they are what the models are for.
+        self.objects = phantom_objects + real_objects * max(1, len(phantom_objects) // max(1, len(real_objects)))
+        print(f"training objects: {len(phantom_objects)} phantom, {len(real_objects)} real", flush=True)
         self.val_items = phantom_items(
             range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), self.rng
         )

@@ -17,6 +17,7 @@ from server.inference import PRED_BOX  # data key: the box outside which the pas
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded
+AIR_HU = -1024.0  # what a crop holds beyond the image (CropAroundPointsd(pad_beyond_image=True))
 ZOOM_BOX = "zoom_box"  # data key: a [start, end) box that CropAroundPointsd uses instead of its own (zoom-out)
 
 
@@ -68,18 +69,33 @@ class RestoreGeometryd(MapTransform):
 
 
 def crop_box(
-    points: np.ndarray, shape: Sequence[int], spacing: Sequence[float], padding_mm: float, min_size_mm: float = 0.0
+    points: np.ndarray,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    padding_mm: float,
+    min_size_mm: float = 0.0,
+    beyond_image: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """[start, end) voxel box around `points` (N×3, [i, j, k]): their extent plus `padding_mm` on each
-    side, at least `min_size_mm` wide, shifted (not shrunk) to stay inside the image where it fits."""
+    side, at least `min_size_mm` wide, shifted (not shrunk) to stay inside the image where it fits.
+
+    `beyond_image`: an axis shorter than the box is not shrunk to the image either; the box then
+    reaches past the image on both sides (`CropAroundPointsd(pad_beyond_image=True)` pads it), so a
+    20-slice scan gives a crop of the same shape in mm as a whole abdomen, not one stretched along k.
+    """
     shape = np.asarray(shape, dtype=int)
     spacing = np.asarray(spacing, dtype=float)
     low, high = points.min(0), points.max(0)
-    size = np.maximum(high - low + 1 + 2 * padding_mm / spacing, min_size_mm / spacing)
-    size = np.minimum(np.ceil(size).astype(int), shape)
+    size = np.ceil(np.maximum(high - low + 1 + 2 * padding_mm / spacing, min_size_mm / spacing)).astype(int)
+    if not beyond_image:
+        size = np.minimum(size, shape)
     start = np.round((low + high) / 2 - size / 2).astype(int)
-    start = np.clip(start, 0, shape - size)
-    return start, start + size
+    return fit_in_image(start, size, shape), fit_in_image(start, size, shape) + size
+
+
+def fit_in_image(start: np.ndarray, size: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """`start` shifted so that [start, start + size) lies inside the image, on the axes where it fits."""
+    return np.where(size <= shape, np.clip(start, 0, np.maximum(shape - size, 0)), start)
 
 
 class CropAroundPointsd(MapTransform):
@@ -101,12 +117,14 @@ class CropAroundPointsd(MapTransform):
         padding_mm: float,
         min_size_mm: float = 0.0,
         modes: Sequence[str] = ("trilinear",),
+        pad_beyond_image: bool = False,
     ):
         super().__init__(keys)
         self.box_points, self.points_keys = tuple(box_points), tuple(points_keys)
         self.roi_size = tuple(int(s) for s in roi_size)
         self.padding_mm, self.min_size_mm = float(padding_mm), float(min_size_mm)
         self.modes = ensure_tuple_rep(modes, len(self.keys))
+        self.pad_beyond_image = bool(pad_beyond_image)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -114,13 +132,17 @@ class CropAroundPointsd(MapTransform):
         shape = tuple(reference.shape[1:])
         spacing = np.asarray(reference.pixdim, dtype=float)[:3]
         points = np.concatenate([np.asarray(d[k], dtype=float).reshape(-1, 3) for k in self.box_points])
-        start, end = crop_box(points, shape, spacing, self.padding_mm, self.min_size_mm)
+        start, end = crop_box(points, shape, spacing, self.padding_mm, self.min_size_mm, self.pad_beyond_image)
         if d.get(ZOOM_BOX) is not None:
             start, end = (np.asarray(v, dtype=int) for v in d[ZOOM_BOX])
         scale = np.asarray(self.roi_size) / (end - start)
-        for key, mode in zip(self.key_iterator(d), self.modes, strict=False):
-            crop = bare(d[key])[:, start[0] : end[0], start[1] : end[1], start[2] : end[2]]
-            d[key] = F.interpolate(crop[None].float(), size=self.roi_size, mode=mode)[0]
+        low, high = np.maximum(start, 0), np.minimum(end, shape)
+        for index, (key, mode) in enumerate(zip(self.key_iterator(d), self.modes, strict=False)):
+            crop = bare(d[key])[:, low[0] : high[0], low[1] : high[1], low[2] : high[2]].float()
+            if (low > start).any() or (high < end).any():  # beyond the image: air in the CT, 0 elsewhere
+                pads = [int(v) for a in (2, 1, 0) for v in (low[a] - start[a], end[a] - high[a])]
+                crop = F.pad(crop, pads, value=AIR_HU if index == 0 else 0.0)
+            d[key] = F.interpolate(crop[None], size=self.roi_size, mode=mode)[0]
         for key in self.points_keys:
             p = np.asarray(d.get(key) or [], dtype=float).reshape(-1, 3)
             mapped = ((p - start + 0.5) * scale - 0.5).round().clip(0, np.asarray(self.roi_size) - 1)
@@ -146,13 +168,16 @@ class PasteCropd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         start, end = (np.asarray(v) for v in d["crop_box"])
-        box = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
+        shape = np.asarray(d["image_shape"])
+        low, high = np.maximum(start, 0), np.minimum(end, shape)  # the part of the box inside the image
+        box = tuple(slice(s, e) for s, e in zip(low, high, strict=True))
+        inside = tuple(slice(s, e) for s, e in zip(low - start, high - start, strict=True))
         for key in self.key_iterator(d):
             mask = np.zeros(d["image_shape"], dtype=np.uint8, order="F")
             size = tuple(int(s) for s in end - start)
-            mask[box] = labels_of(resize_logits(bare(d[key]).float(), size))
+            mask[box] = labels_of(resize_logits(bare(d[key]).float(), size))[inside]
             d[key] = mask[None]
-        crop = [[int(s), int(e)] for s, e in zip(start, end, strict=True)]
+        crop = [[int(s), int(e)] for s, e in zip(low, high, strict=True)]
         d[self.result_key] = {**d.get(self.result_key, {}), "crop": crop}
         d[PRED_BOX] = crop
         return d
