@@ -31,8 +31,8 @@ def phantom_items(
     seeds,
     rng: np.random.Generator,
     varied_contrast: bool = False,
-    dose_range: tuple[float, float] = (0.4, 1.6),
-    unenhanced_share: float = 0.25,
+    dose_range: tuple[float, float] = (0.7, 1.6),
+    unenhanced_share: float = 0.0,
 ) -> list[dict]:
     """Phantoms at random spacings (1.5–4 mm) and the phantom orientations, as MetaTensors.
 
