@@ -16,7 +16,7 @@ from lib.evaluation import dice
 from lib.infers import DeepGrow3D, ExtremePoints
 from lib.infers.interactive import touched_faces, zoomed_box
 from lib.transforms import CropAroundPointsd
-from lib.transforms.transforms import AIR_HU
+from lib.transforms.transforms import AIR_HU, resize_logits, resize_region
 from server.imageio import to_array
 from server.inference import run_model
 from server.registry import ServedModel
@@ -131,3 +131,13 @@ def test_one_click_on_a_thin_scan(tmp_path):
     assert result["crop"][2] == [0, 20]  # the reported crop is the part inside the image
     assert mask.shape == hu.shape
     assert dice(mask, bar) > 0.9
+
+
+def test_pasting_resamples_only_around_the_object_as_a_full_resize_would():
+    """A zoomed-out box can hold 10⁸ voxels: the paste resamples the object's region alone, the same way."""
+    torch.manual_seed(0)
+    score = torch.randn(80, 80, 80)
+    size = (123, 97, 211)
+    full = resize_logits(score[None], size)[0]
+    part = resize_region(score, size, [10, 0, 50], [100, 97, 200])
+    assert torch.allclose(full[10:100, :, 50:200], part, atol=1e-4)

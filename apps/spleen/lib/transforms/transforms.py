@@ -137,10 +137,14 @@ class CropAroundPointsd(MapTransform):
             start, end = (np.asarray(v, dtype=int) for v in d[ZOOM_BOX])
         scale = np.asarray(self.roi_size) / (end - start)
         low, high = np.maximum(start, 0), np.minimum(end, shape)
+        # A box over twice the crop's size is read every `step` voxels (a zoomed-out box can hold a whole CT)
+        step = np.maximum(1, (end - start) // (2 * np.asarray(self.roi_size)))
+        region = tuple(slice(lo, hi, st) for lo, hi, st in zip(low, high, step, strict=True))
         for index, (key, mode) in enumerate(zip(self.key_iterator(d), self.modes, strict=False)):
-            crop = bare(d[key])[:, low[0] : high[0], low[1] : high[1], low[2] : high[2]].float()
+            crop = bare(d[key])[(slice(None), *region)].float()
             if (low > start).any() or (high < end).any():  # beyond the image: air in the CT, 0 elsewhere
-                pads = [int(v) for a in (2, 1, 0) for v in (low[a] - start[a], end[a] - high[a])]
+                before, after = np.round((low - start) / step), np.round((end - high) / step)
+                pads = [int(v) for a in (2, 1, 0) for v in (before[a], after[a])]
                 crop = F.pad(crop, pads, value=AIR_HU if index == 0 else 0.0)
             d[key] = F.interpolate(crop[None], size=self.roi_size, mode=mode)[0]
         for key in self.points_keys:
@@ -175,7 +179,20 @@ class PasteCropd(MapTransform):
         for key in self.key_iterator(d):
             mask = np.zeros(d["image_shape"], dtype=np.uint8, order="F")
             size = tuple(int(s) for s in end - start)
-            mask[box] = labels_of(resize_logits(bare(d[key]).float(), size))[inside]
+            logits = bare(d[key]).float()
+            if logits.shape[0] > 2:
+                mask[box] = labels_of(resize_logits(logits, size))[inside]
+            else:  # resample only around the object: a zoomed-out box can be 10⁸ voxels
+                score = logits[1] - logits[0] if logits.shape[0] == 2 else logits[0]
+                coarse = np.argwhere(score.numpy() > 0)
+                if coarse.size:
+                    ratio = np.asarray(size) / np.asarray(score.shape)
+                    first = np.floor((coarse.min(0) - 0.5) * ratio - 0.5).astype(int)
+                    last = np.ceil((coarse.max(0) + 1.5) * ratio - 0.5).astype(int) + 1
+                    first, last = np.maximum(first, low - start), np.minimum(last, high - start)
+                    if (last > first).all():
+                        region = tuple(slice(s, e) for s, e in zip(start + first, start + last, strict=True))
+                        mask[region] = (resize_region(score, size, first, last) > 0).numpy()
             d[key] = mask[None]
         crop = [[int(s), int(e)] for s, e in zip(low, high, strict=True)]
         d[self.result_key] = {**d.get(self.result_key, {}), "crop": crop}
@@ -195,6 +212,21 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if logits.shape[0] == 2:
         logits = logits[1:] - logits[:1]
     return F.interpolate(logits[None], size=tuple(size), mode="trilinear")[0]
+
+
+def resize_region(score: torch.Tensor, size: Sequence[int], first: Sequence[int], last: Sequence[int]) -> torch.Tensor:
+    """Voxels [first, last) of `score` (X×Y×Z) resized to `size`, as `F.interpolate(..., "trilinear")`
+    (align_corners False) gives them, computed one axis at a time for that region only."""
+    out = score
+    for axis in (2, 1, 0):
+        n = score.shape[axis]
+        positions = (torch.arange(first[axis], last[axis], dtype=torch.float64) + 0.5) * n / size[axis] - 0.5
+        positions = positions.clamp(0, n - 1)
+        below = positions.floor().long()
+        above = (below + 1).clamp(max=n - 1)
+        weight = (positions - below).float().reshape([-1 if a == axis else 1 for a in range(3)])
+        out = out.index_select(axis, below) * (1 - weight) + out.index_select(axis, above) * weight
+    return out
 
 
 def labels_of(scores: torch.Tensor) -> np.ndarray:
