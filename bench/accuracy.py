@@ -446,8 +446,11 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/accuracy.*")
     args = parser.parse_args()
     rows: list[Row] = []
+    command = " ".join(["bench/accuracy.py", *sys.argv[1:]])
     if args.merge:
-        rows = [Row(**r) for path in args.merge for r in json.loads(path.read_text())["rows"]]
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        rows = [Row(**r) for run in runs for r in run["rows"]]
+        command = "; ".join(f"{run['command']} (rows)" for run in runs)
     else:
         models = load_models(args.weights_dir)
         variants = (Variant.ORIGINAL,) if args.quick else tuple(Variant)
@@ -455,7 +458,6 @@ def main() -> None:
             rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
         for case in real_cases(args.shared_data, variants, args.patients):
             rows += evaluate_case(models, case.image, case.organs(), source=case.patient, variant=case.variant)
-    command = " ".join(["bench/accuracy.py", *sys.argv[1:]])
     if args.json:
         args.json.write_text(json.dumps({"command": command, "rows": [asdict(r) for r in rows]}, default=_round))
     baseline = None
