@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from .engines import yield_point
 from .imageio import to_metatensor
+from .mask_geometry import extreme_points, occupied_range
 from .registry import ServedModel
 from .sessions import Session
 
@@ -99,17 +100,9 @@ def describe_mask(mask: np.ndarray, box: list | None = None) -> dict:
     if box is not None:
         offset = np.array([b[0] for b in box], dtype=int)
         mask = mask[tuple(slice(b[0], b[1]) for b in box)]
-    foreground = mask > 0
-    axes = range(foreground.ndim)
-    occupied = [np.flatnonzero(foreground.any(axis=tuple(a for a in axes if a != axis))) for axis in axes]
-    if any(o.size == 0 for o in occupied):
+    extent = occupied_range(mask)
+    if extent is None:
         return {"points": [], "bbox": []}
-    low = np.array([o[0] for o in occupied])
-    high = np.array([o[-1] for o in occupied])
-    points = []
-    for axis in axes:
-        for end in (low[axis], high[axis]):
-            boundary = foreground[(slice(None),) * axis + (end,)]
-            inside = np.argwhere(boundary)[0]  # its first voxel, in index order
-            points.append([int(v) for v in np.insert(inside, axis, end) + offset])
+    low, high = extent
+    points = [[int(v) for v in np.add(point, offset)] for point in extreme_points(mask)]
     return {"points": points, "bbox": [[int(v) for v in low + offset], [int(v) for v in high + offset]]}

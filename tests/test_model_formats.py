@@ -14,6 +14,7 @@ from monai.networks.nets import UNet
 from server.errors import BadRequest
 from server.imageio import to_array, to_metatensor
 from server.inference import run_model
+from server.mask_geometry import dice
 from server.model_formats import load_model
 from server.phantoms import make_phantom
 
@@ -109,10 +110,6 @@ def phantom():
 
 def expected_mask(image) -> np.ndarray:
     return (to_array(image) > HU_THRESHOLD).astype(np.uint8)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float(np.logical_and(a, b).sum()) / float(a.astype(bool).sum() + b.astype(bool).sum())
 
 
 def test_clara4_config_loads_and_runs_on_the_input_grid(tmp_path, phantom):

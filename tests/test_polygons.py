@@ -17,6 +17,7 @@ from skimage import draw
 from server.app import create_app
 from server.blueprints import polygons as polygons_blueprint
 from server.imageio import to_array
+from server.mask_geometry import dice
 from server.polygons import (
     fill_polygon,
     fix_polygon,
@@ -40,11 +41,6 @@ DIRECTION = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
     i, j = np.indices(shape)
     return (i - centre[0]) ** 2 + (j - centre[1]) ** 2 <= radius**2
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 def round_trip(mask_ij: np.ndarray, more_points: int = 1) -> np.ndarray:

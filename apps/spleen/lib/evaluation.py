@@ -8,36 +8,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+# Re-exported: scored by the same rules inference applies (one implementation, in the server's mask geometry).
+from server.mask_geometry import dice, extreme_points, largest_component
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
-
-
-def extreme_points(mask: np.ndarray, central: bool = False) -> list[list[int]]:
-    """The 6 extreme points ([i, j, k]) of a mask: lowest and highest voxel along each axis.
-
-    `central`: of the voxels on each extreme face, the one nearest that face's centroid (where a user
-    would click it), not the first in index order.
-    """
-    voxels = np.argwhere(np.asarray(mask) > 0)
-    points = []
-    for axis in range(voxels.shape[1]):
-        for pick in (np.argmin, np.argmax):
-            if not central:
-                points.append(voxels[pick(voxels[:, axis])].tolist())
-                continue
-            face = voxels[voxels[:, axis] == voxels[pick(voxels[:, axis]), axis]]
-            points.append(face[np.argmin(((face - face.mean(0)) ** 2).sum(1))].tolist())
-    return points
-
-
-def largest_component(region: np.ndarray) -> np.ndarray:
-    components, count = ndimage.label(region)
-    if count == 0:
-        return np.zeros_like(region, dtype=bool)
-    return components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+__all__ = ["centre_click", "dice", "extreme_points", "largest_component", "next_click"]
 
 
 def centre_click(region: np.ndarray, spacing=None) -> list[int]:

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
-from scipy import ndimage
 
 from server.inference import PRED_BOX  # data key: the box outside which the pasted mask is all zero
+from server.mask_geometry import largest_component  # the one rule, shared with accuracy scoring
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded
@@ -233,16 +233,6 @@ def labels_of(scores: torch.Tensor) -> np.ndarray:
     """Argmax of C×... logits as uint8 labels; a single channel is the score of class 1 over class 0."""
     labels = scores[0] > 0 if scores.shape[0] == 1 else scores.argmax(0)
     return labels.numpy().astype(np.uint8)
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected foreground component of a binary mask (all of it when empty)."""
-    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return components == sizes.argmax()
 
 
 class LogitsToInputGridd(MapTransform):
