@@ -1,12 +1,15 @@
 """Soak: several clinicians work a real server for minutes; does its memory come back when they stop?
 
-    .venv/bin/python bench/soak.py [--minutes 5] [--clinicians 4] [--idle 60] [--out bench/results/soak.md]
+    .venv/bin/python bench/soak.py [--minutes 5] [--clinicians 4] [--idle 60] [--replace-every 180]
+                                   [--out bench/results/soak.md]
 
 Starts `aiaa serve` on loopback. Each simulated clinician, until the time is up: uploads a CT phantom
 (sizes vary, so the crops and patches do), clicks DeepGrow points with a think time between clicks,
-sometimes asks for extreme points or a full segmentation, and deletes the session. The server's RSS is
-sampled all along, then through an idle phase with no session left. Writes a Markdown report (date,
-machine, command, RSS table, growth per hour, click latency, errors).
+sometimes asks for extreme points or a full segmentation, and deletes the session. Meanwhile an admin
+replaces one of the app's models every `--replace-every` seconds (`PUT /admin/model/<name>` with the
+model's own `aiaa export` archive, as issue 12's soak did), so retired versions must be freed too. The
+server's RSS is sampled all along, then through an idle phase with no session left. Writes a Markdown
+report (date, machine, command, RSS table, growth per hour, click latency, replacements, errors).
 
 `--server-root DIR` runs the server of another checkout (e.g. `git archive` of an older commit) with
 the same load, for a before/after comparison.
@@ -17,15 +20,19 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import os
+import secrets
 import shlex
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import requests
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +57,7 @@ class Tally:
     clicks: list[tuple[float, float]] = field(default_factory=list)  # (time since start, round trip s)
     statuses: dict[int, int] = field(default_factory=dict)
     sessions: int = 0
+    replacements: list[tuple[float, float, int]] = field(default_factory=list)  # (time since start, s, status)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, status: int, click_at: float | None = None, seconds: float | None = None) -> None:
@@ -102,12 +110,43 @@ def clinician(index: int, url: str, cases, args, started: float, deadline: float
         round_ += 1
 
 
+def replacer(url: str, archive: Path, args, started: float, deadline: float, tally: Tally) -> None:
+    """An admin re-uploads `archive` as `args.replace_model` every `args.replace_every` s until the deadline."""
+    auth = (os.environ["AIAA_ADMIN_USER"], os.environ["AIAA_ADMIN_PASSWORD"])
+    pause = threading.Event()  # never set: waiting on it is the interval
+    due = started + args.replace_every
+    while due < deadline:
+        pause.wait(max(0.0, due - time.monotonic()))
+        due += args.replace_every
+        at = time.monotonic() - started
+        try:
+            with open(archive, "rb") as f:
+                reply = requests.put(
+                    f"{url}/admin/model/{args.replace_model}", files={"data": (archive.name, f)}, auth=auth, timeout=600
+                )
+            status = reply.status_code
+        except requests.RequestException:
+            status = 0
+        with tally.lock:
+            tally.replacements.append((at, time.monotonic() - started - at, status))
+
+
+def exported_archive(name: str, out_dir: Path) -> Path:
+    """The app model `name` as the MMAR zip `aiaa export` writes (config + TorchScript)."""
+    from lib.export import export_model
+
+    return export_model(REPO / "apps" / "spleen", name, "mmar", out_dir)
+
+
 def soak(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="aiaa-soak-") as tmp:
         tmp = Path(tmp)
         cases = phantoms(tmp)
+        archive = exported_archive(args.replace_model, tmp / "export") if args.replace_every > 0 else None
         if args.server_root:
             processes.REPO = args.server_root.resolve()  # start() runs `python -m server.cli` from there
+        os.environ.setdefault("AIAA_ADMIN_USER", "soak-admin")  # the server inherits them; the replacer uses them
+        os.environ.setdefault("AIAA_ADMIN_PASSWORD", secrets.token_urlsafe(16))
         server = processes.start_aiaa(tmp / "aiaa")
         samples: list[tuple[float, float, str]] = []  # (seconds, RSS MiB, phase)
         tally = Tally()
@@ -126,11 +165,13 @@ def soak(args) -> dict:
 
             watcher = threading.Thread(target=sampler, daemon=True)
             watcher.start()
-            with concurrent.futures.ThreadPoolExecutor(args.clinicians) as pool:
+            with concurrent.futures.ThreadPoolExecutor(args.clinicians + 1) as pool:
                 users = [
                     pool.submit(clinician, i, server.url, cases, args, started, deadline, tally)
                     for i in range(args.clinicians)
                 ]
+                if archive is not None:
+                    users.append(pool.submit(replacer, server.url, archive, args, started, deadline, tally))
                 for user in users:
                     user.result()
             load_ended = time.monotonic() - started
@@ -168,6 +209,14 @@ def report(result: dict, args, header: dict) -> str:
     end_rss = samples[-1][1]
     clicks = [s for _, s in tally.clicks]
     errors = sum(n for status, n in tally.statuses.items() if status != 200)
+    replaced = [seconds for _, seconds, status in tally.replacements if status == 200]
+    replacements = (
+        f"{len(replaced)} of {len(tally.replacements)} answered 200 (statuses "
+        f"{dict(sorted(Counter(s for *_, s in tally.replacements).items()))}); "
+        f"p50 {percentile(replaced, 50):.1f} s, max {max(replaced, default=float('nan')):.1f} s"
+        if args.replace_every > 0
+        else "none (`--replace-every 0`)"
+    )
     lines = [
         "# Soak benchmark (issue 12: memory that returns)",
         "",
@@ -178,7 +227,13 @@ def report(result: dict, args, header: dict) -> str:
         f"- server: {'`' + str(args.server_root) + '`' if args.server_root else 'this checkout'}",
         f"- load: {args.clinicians} clinicians for {args.minutes:g} min, {args.clicks} clicks per session, "
         f"{args.think:g} s think time; every 3rd session extreme points, every 4th a full segmentation; "
-        f"phantoms {', '.join('×'.join(map(str, s)) for s in SIZES)}; then {args.idle:g} s idle",
+        f"phantoms {', '.join('×'.join(map(str, s)) for s in SIZES)}; "
+        + (
+            f"'{args.replace_model}' replaced by its exported MMAR every {args.replace_every:g} s; "
+            if args.replace_every > 0
+            else ""
+        )
+        + f"then {args.idle:g} s idle",
         "",
         "## Summary",
         "",
@@ -188,6 +243,7 @@ def report(result: dict, args, header: dict) -> str:
         f"| DeepGrow clicks answered | {len(clicks)} |",
         f"| click round trip p50 / p95 | {percentile(clicks, 50):.3f} s / {percentile(clicks, 95):.3f} s |",
         f"| requests not answered 200 | {errors} (statuses {dict(sorted(tally.statuses.items()))}) |",
+        f"| model replacements (`PUT /admin/model/{args.replace_model}`) | {replacements} |",
         f"| RSS idle after start (models loaded) | {start_rss:.0f} MiB |",
         f"| RSS highest sample under load / process peak (VmHWM) | {max(load_rss, default=float('nan')):.0f} MiB"
         f" / {result['peak']:.0f} MiB |",
@@ -196,12 +252,13 @@ def report(result: dict, args, header: dict) -> str:
         "",
         "## RSS over time",
         "",
-        "| t (s) | RSS (MiB) | phase | clicks so far |",
-        "|---:|---:|---|---:|",
+        "| t (s) | RSS (MiB) | phase | clicks so far | replacements so far |",
+        "|---:|---:|---|---:|---:|",
     ]
     for t, rss, phase in samples:
         done = sum(1 for at, _ in tally.clicks if at <= t)
-        lines.append(f"| {t:.0f} | {rss:.0f} | {phase} | {done} |")
+        swapped = sum(1 for at, seconds, status in tally.replacements if status == 200 and at + seconds <= t)
+        lines.append(f"| {t:.0f} | {rss:.0f} | {phase} | {done} | {swapped} |")
     return "\n".join(lines) + "\n"
 
 
@@ -213,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--think", type=float, default=1.0, help="seconds between a user's clicks")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds sampled after the load, no session left")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
+    parser.add_argument(
+        "--replace-every", type=float, default=180.0, help="seconds between model replacements (0: none)"
+    )
+    parser.add_argument(
+        "--replace-model", default="segmentation_spleen", help="the app model re-uploaded from its own export"
+    )
     parser.add_argument("--server-root", type=Path, help="run the server of this checkout instead")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.md")
     return parser.parse_args(argv)
