@@ -36,6 +36,7 @@ from processes import Server, start_aiaa, start_monailabel  # noqa: E402
 from lib.evaluation import extreme_points  # noqa: E402
 from server.imageio import to_array  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402
+from server.vocabularies import ENGINES, EngineName  # noqa: E402
 
 FIELD_OF_VIEW_MM = (384.0, 384.0, 250.0)  # an abdominal CT: 512×512 at 0.75 mm, 100 slices of 2.5 mm
 
@@ -366,8 +367,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-stock", action="store_true", help="skip stock MONAI Label")
     parser.add_argument(
         "--stock-engine",
-        default="torch",
-        choices=("torch", "torchscript", "onnxruntime"),
+        default=EngineName.TORCH,
+        choices=ENGINES,
         help="engine of the app's tasks under stock MONAI Label (torch: MONAI Label's own way, eager PyTorch)",
     )
     parser.add_argument("--engine-repeats", type=int, default=5, help="0: skip the engine comparison")

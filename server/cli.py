@@ -12,6 +12,7 @@ from pathlib import Path
 from . import admin_client
 from .archives import ArchiveLimits
 from .settings import Settings
+from .vocabularies import EngineName
 
 logger = logging.getLogger("aiaa")
 
@@ -185,7 +186,7 @@ def model_engine(value: str) -> tuple[str, str]:
     return name, engine
 
 
-ENGINE_CHOICES = ("auto", "torch", "torchscript", "onnxruntime")
+ENGINE_CHOICES = tuple(EngineName)  # argparse choices: the engines, spelled once in server/vocabularies.py
 
 
 def add_connection_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:

@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .vocabularies import EngineName
+
 logger = logging.getLogger(__name__)
 
-AUTO = "auto"
-ENGINES = ("torch", "torchscript", "onnxruntime")
+AUTO = EngineName.AUTO
 ONNX_OPSET = 17
 CACHE_LIMIT = 64  # exported files kept in the cache folder (least recently used removed first)
 
@@ -109,15 +110,15 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def check_engine(name: str) -> str:
+def check_engine(name: str) -> EngineName:
     """A valid engine name (or `auto`), else ValueError naming the choices."""
     name = (name or AUTO).strip().lower()
-    if name not in (AUTO, *ENGINES):
-        raise ValueError(f"unknown engine '{name}'; choose one of: {AUTO}, {', '.join(ENGINES)}")
-    return name
+    if name not in tuple(EngineName):
+        raise ValueError(f"unknown engine '{name}'; choose one of: {', '.join(EngineName)}")
+    return EngineName(name)
 
 
-def resolve_engine(name: str, device: str = "cpu", model: str | None = None) -> str:
+def resolve_engine(name: str, device: str = "cpu", model: str | None = None) -> EngineName:
     """The engine that runs `model` on `device`.
 
     An explicit `name` (the model's own config) wins; `auto` defers to the server's per-model choice,
@@ -127,10 +128,10 @@ def resolve_engine(name: str, device: str = "cpu", model: str | None = None) -> 
     if name == AUTO:
         name = current.per_model.get(model or "", current.default)
     if name != AUTO:
-        return name
+        return EngineName(name)
     if str(device).startswith("cuda"):
-        return "torch"
-    return "onnxruntime" if onnxruntime_available() else "torch"
+        return EngineName.TORCH
+    return EngineName.ONNXRUNTIME if onnxruntime_available() else EngineName.TORCH
 
 
 # ------------------------------------------------------------------------------------------ yielding
@@ -160,7 +161,7 @@ def yield_point() -> None:
 class Engine(torch.nn.Module):
     """A network ready to infer: tensors in, tensors out, no gradients; `engine` says what runs it."""
 
-    engine = "torch"
+    engine = EngineName.TORCH
 
     def forward(self, x: torch.Tensor):
         yield_point()
@@ -176,7 +177,7 @@ class Engine(torch.nn.Module):
 class TorchModule(Engine):
     """An eager or TorchScript module, in eval mode, run without gradients."""
 
-    def __init__(self, module: torch.nn.Module, engine: str = "torch"):
+    def __init__(self, module: torch.nn.Module, engine: str = EngineName.TORCH):
         super().__init__()
         self.module = module.eval()
         self.engine = engine
@@ -205,7 +206,7 @@ class OnnxModule(Engine):
     ONNX Runtime sessions are thread-safe, so concurrent runs may share one).
     """
 
-    engine = "onnxruntime"
+    engine = EngineName.ONNXRUNTIME
 
     def __init__(self, model: str | os.PathLike | bytes, threads: int | None = None, device: str = "cpu"):
         super().__init__()
@@ -304,11 +305,11 @@ def build_engine(
     """
     engine = resolve_engine(engine, device, model)
     network = network.eval().to(torch.device(device))
-    if engine == "torch":
+    if engine == EngineName.TORCH:
         return TorchModule(network)
     example = torch.rand(1, *example_shape, device=torch.device(device))
     cached = _cache_path(network, engine)
-    if engine == "onnxruntime":
+    if engine == EngineName.ONNXRUNTIME:
         if cached is None:
             buffer = io.BytesIO()
             export_onnx(network.cpu(), example.cpu(), buffer)
@@ -318,9 +319,9 @@ def build_engine(
     if cached is None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            return TorchModule(torch.jit.freeze(torch.jit.trace(network, example)), engine="torchscript")
+            return TorchModule(torch.jit.freeze(torch.jit.trace(network, example)), engine=EngineName.TORCHSCRIPT)
     _export_once(cached, lambda tmp: export_torchscript(network, example, tmp))
-    return TorchModule(torch.jit.load(str(cached), map_location=torch.device(device)), engine="torchscript")
+    return TorchModule(torch.jit.load(str(cached), map_location=torch.device(device)), engine=EngineName.TORCHSCRIPT)
 
 
 def _cache_path(network: torch.nn.Module, engine: str) -> Path | None:
@@ -331,7 +332,7 @@ def _cache_path(network: torch.nn.Module, engine: str) -> Path | None:
         return None
     if not os.access(folder, os.W_OK):
         return None
-    suffix = ".onnx" if engine == "onnxruntime" else ".ts"
+    suffix = ".onnx" if engine == EngineName.ONNXRUNTIME else ".ts"
     return folder / f"{cache_key(network)}{suffix}"
 
 

@@ -44,6 +44,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from . import __version__
 from .errors import ApiError, BadRequest, NotFound
+from .vocabularies import EngineName
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ServedModel:
             "description": self.task.description,
             "version": self.version,
             "dimension": self.task.dimension,
-            "engine": getattr(self.task, "engine", "torch"),
+            "engine": getattr(self.task, "engine", EngineName.TORCH),
             "source": self.source,
             "status": "ready",
             **getattr(self.task, "model_info", {}),

@@ -12,6 +12,7 @@ from monai.inferers import Inferer
 from monai.transforms import Invertd, InvertibleTransform
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from ..vocabularies import EngineName
 from .adapters import LoadServerImaged, Restored, app_transforms
 
 RESERVED_INFO = {"name", "type", "labels", "description", "version", "status", "source", "engine", "dimension"}
@@ -87,7 +88,7 @@ class ConfiguredTask(BasicInferTask):
         """The network on `device` (a copy per device; an ONNX Runtime session stays on the CPU)."""
         network = self._networks.get(device)
         if network is None:
-            on_cpu = str(device) == "cpu" or self.engine == "onnxruntime"
+            on_cpu = str(device) == "cpu" or self.engine == EngineName.ONNXRUNTIME
             network = self._network if on_cpu else copy.deepcopy(self._network).to(device)
             self._networks[device] = network
         return network

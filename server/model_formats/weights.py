@@ -18,6 +18,7 @@ import torch
 
 from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
+from ..vocabularies import EngineName
 from .onnx_graph import check_onnx
 from .torchscript import check_archive, check_loaded
 
@@ -51,7 +52,7 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
     if suffix == ".onnx":
         check_onnx(path)
         try:
-            return OnnxModule(path), "onnxruntime"
+            return OnnxModule(path), EngineName.ONNXRUNTIME
         except Exception as error:  # noqa: BLE001 - a broken graph is the upload's fault
             raise BadRequest(f"models/{path.name} is not a loadable ONNX model: {error}") from None
     if suffix == ".ts" or is_torchscript(path):
@@ -61,7 +62,7 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
         except Exception as error:  # noqa: BLE001 - a broken archive is the upload's fault
             raise BadRequest(f"models/{path.name} is not a loadable TorchScript file: {error}") from None
         check_loaded(path, module)
-        return TorchModule(module, "torchscript"), "torchscript"
+        return TorchModule(module, EngineName.TORCHSCRIPT), EngineName.TORCHSCRIPT
     if network is None:
         raise BadRequest(
             f"models/{path.name} is a state dict, so the config must name its network "
@@ -74,7 +75,7 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0]
         raise BadRequest(f"models/{path.name} does not fit the config's network: {first}") from None
-    return TorchModule(module), "torch"
+    return TorchModule(module), EngineName.TORCH
 
 
 def load_state_dict(path: Path) -> dict:
