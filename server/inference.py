@@ -22,6 +22,7 @@ from .imageio import to_metatensor
 from .mask_geometry import extreme_points, occupied_range
 from .registry import ServedModel
 from .sessions import Session
+from .vocabularies import ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def label_names(model: ServedModel) -> dict[str, int]:
     trained on, yet its mask is binary (1 = the object pointed at): naming value 1 after all of them would
     mislead, so such a reply names nothing."""
     labels = model.labels
-    if model.type != "segmentation" and len(labels) > 1:
+    if model.type != ModelType.SEGMENTATION and len(labels) > 1:
         return {}
     return {name: i + 1 for i, name in enumerate(labels)}
 

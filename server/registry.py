@@ -44,7 +44,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from . import __version__
 from .errors import ApiError, BadRequest, NotFound
-from .vocabularies import EngineName
+from .vocabularies import SERVABLE_TYPES, EngineName, ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def smoke_inputs(model_type: str) -> dict:
     lo = [n // 4 for n in SMOKE_SIZE]
     hi = [n - 1 - n // 4 for n in SMOKE_SIZE]
     mid = [n // 2 for n in SMOKE_SIZE]
-    if model_type == "annotation":  # the six extreme points of a box inside the volume
+    if model_type == ModelType.ANNOTATION:  # the six extreme points of a box inside the volume
         points = []
         for axis in range(3):
             for end in (lo, hi):
@@ -170,12 +170,9 @@ def smoke_inputs(model_type: str) -> dict:
                 point[axis] = end[axis]
                 points.append(point)
         return {"points": points}
-    if model_type == "deepgrow":
+    if model_type == ModelType.DEEPGROW:
         return {"foreground": [mid], "background": []}
     return {}
-
-
-SERVABLE_TYPES = ("segmentation", "annotation", "deepgrow")
 
 
 def smoke_test(model: ServedModel, device: str) -> None:

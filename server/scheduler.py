@@ -26,6 +26,7 @@ from enum import StrEnum
 
 from .engines import yield_hook
 from .errors import ServiceUnavailable
+from .vocabularies import ModelType
 
 
 class Work(StrEnum):
@@ -34,7 +35,7 @@ class Work(StrEnum):
     DECODE = "decode"  # decoding an upload into a session: a clinician waits for it before the first click
 
 
-INTERACTIVE_TYPES = frozenset({"deepgrow", "annotation", Work.DECODE})
+INTERACTIVE_TYPES = frozenset({ModelType.DEEPGROW, ModelType.ANNOTATION, Work.DECODE})
 """Model types (and `Work`) run in the interactive lane; every other type in the batch lane."""
 
 

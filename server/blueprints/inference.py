@@ -15,6 +15,7 @@ from ..registry import ModelRegistry, ServedModel
 from ..replies import mask_options, mask_reply, output_mode
 from ..scheduler import Scheduler
 from ..uploads import request_image, request_ledger, request_params
+from ..vocabularies import ModelType
 
 bp = Blueprint("inference", __name__)
 
@@ -69,9 +70,9 @@ def click_inputs(params: dict, image) -> dict:
 
 # model type → the task's validated inputs from the request's params
 TASK_INPUTS = {
-    "segmentation": lambda params, image: {},
-    "annotation": extreme_point_inputs,
-    "deepgrow": click_inputs,
+    ModelType.SEGMENTATION: lambda params, image: {},
+    ModelType.ANNOTATION: extreme_point_inputs,
+    ModelType.DEEPGROW: click_inputs,
 }
 
 
@@ -125,21 +126,21 @@ def model_plan(model: ServedModel):
 @INFERENCE_DOC
 def segmentation():
     """Automatic segmentation of the whole volume (params {})."""
-    return infer("segmentation", "segmentation")
+    return infer("segmentation", ModelType.SEGMENTATION)
 
 
 @bp.post("/v1/dextr3d")
 @INFERENCE_DOC
 def dextr3d():
     """Annotation from at least 6 extreme points (params {"points": [[x, y, z], ...]})."""
-    return infer("dextr3d", "annotation")
+    return infer("dextr3d", ModelType.ANNOTATION)
 
 
 @bp.post("/v1/deepgrow")
 @INFERENCE_DOC
 def deepgrow():
     """Interactive segmentation from clicks (params "foreground", "background", "current_point")."""
-    return infer("deepgrow", "deepgrow")
+    return infer("deepgrow", ModelType.DEEPGROW)
 
 
 @bp.post("/v1/inference")

@@ -31,10 +31,11 @@ from ..png import PNG_DTYPES, PNG_EXTENSION, encode_png_mask
 from ..replies import mask_options, mask_reply, output_mode, result_reply
 from ..scheduler import Scheduler
 from ..uploads import request_image, request_ledger, request_params
+from ..vocabularies import ModelType
 
 bp = Blueprint("polygons", __name__)
 
-EDIT_LANE = "annotation"
+EDIT_LANE = ModelType.ANNOTATION
 """The model type whose scheduler lane polygon edits share: the interactive one, with clicks."""
 
 COORDINATE_LIMIT = 1e6

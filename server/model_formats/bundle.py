@@ -25,6 +25,7 @@ from monai.inferers import Inferer
 from monai.transforms import Compose
 
 from ..errors import BadRequest
+from ..vocabularies import ModelType
 from . import mmar, names
 from .task import TaskSpec
 
@@ -75,7 +76,7 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
         raise BadRequest("Bundle 'inferer' must be a monai.inferers class (e.g. SlidingWindowInferer).")
     if not isinstance(metadata.get("version", ""), (str, int, float)):
         raise BadRequest("metadata.json: 'version' must be a string or a number.")
-    model_type = str(metadata.get("type", "segmentation")).lower()
+    model_type = str(metadata.get("type", ModelType.SEGMENTATION)).lower()
     if model_type not in mmar.MODEL_TYPES:
         raise BadRequest(f"Model type '{model_type}' is not served here; supported: {', '.join(mmar.MODEL_TYPES)}.")
     spec = TaskSpec(

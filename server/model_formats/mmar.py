@@ -15,13 +15,14 @@ import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
 from ..errors import BadRequest
+from ..vocabularies import SERVABLE_TYPES, ModelType
 from . import legacy, names
 from .arguments import check_value
 from .task import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("segmentation", "annotation", "deepgrow")
+MODEL_TYPES = SERVABLE_TYPES  # what an MMAR or a bundle may declare
 CONFIG_FILE = Path("config") / "config_aiaa.json"
 
 
@@ -61,7 +62,7 @@ def read_mmar(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] | N
     inference = config.get("inference") or {}
     if not isinstance(inference, dict):
         raise BadRequest("'inference' must be a JSON object.")
-    model_type = str(config.get("type", "segmentation")).lower()
+    model_type = str(config.get("type", ModelType.SEGMENTATION)).lower()
     if model_type not in MODEL_TYPES:
         raise BadRequest(f"Model type '{model_type}' is not served here; supported: {', '.join(MODEL_TYPES)}.")
     if version == "4":
@@ -104,11 +105,11 @@ def read_labels(labels) -> list[str]:
 def model_info(config: dict, model_type: str, extra: dict) -> dict:
     """The type-specific keys of the model object (contract section 2) plus the config's meta data."""
     info = {}
-    if model_type == "annotation":
+    if model_type == ModelType.ANNOTATION:
         info = {"padding": config.get("padding", 20), "roi": config.get("roi", [128, 128, 128])}
         if "sigma" in config:
             info["sigma"] = config["sigma"]
-    elif model_type == "deepgrow":
+    elif model_type == ModelType.DEEPGROW:
         info = {"deepgrow": str(config.get("deepgrow", f"{config.get('dimension', 3)}D"))}
     return {**info, **extra}
 
