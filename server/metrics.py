@@ -4,10 +4,13 @@ Each app has its own `CollectorRegistry`, so several apps in one process (the te
 Labels carry the Flask url rule (`/session/<session_id>`), never the raw path, and only names of served
 models, so no id, file name or other client-chosen string becomes a label value. Request counts on the
 dashboard are read from the same Prometheus counters that `/metrics` exports, so the two always agree.
+Installed models that today's checks refused at start-up (`ModelRegistry.failed`) are reported by name
+(`aiaa_model_refused`, /ready) and, to admins, with a short reason stripped of any absolute path.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -32,6 +35,10 @@ SERIES_MINUTES = 60  # the dashboard's charts cover the last hour, one point per
 NO_MODEL = "-"  # the request named no model
 UNKNOWN_MODEL = "unknown"  # it named one this server does not serve
 UNMATCHED = "unmatched"  # no route matched (404 for an unknown path)
+REFUSED_REASON_CHARS = 200
+# An absolute path (POSIX, or Windows with a drive letter) at the start of a token: a relative path inside
+# the model folder (`models/model.ts`) says what was refused, an absolute one says where the server lives.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])~?/[^\s'\"`]+|\b[A-Za-z]:\\[^\s'\"`]+")
 
 
 @dataclass
@@ -82,6 +89,14 @@ class ServerStateCollector(Collector):
                 [info["name"], str(info.get("type")), str(info.get("engine")), status], float(status == "ready")
             )
         yield state
+        refused = GaugeMetricFamily(
+            "aiaa_model_refused",
+            "1 for each installed model that failed today's checks at start-up and is not served.",
+            labels=["model"],
+        )
+        for item in refused_models(self.models):
+            refused.add_metric([item["name"]], 1.0)
+        yield refused
 
 
 class Metrics:
@@ -246,6 +261,20 @@ def minute_series(buckets: list[MinuteBucket], now_minute: int) -> dict[str, lis
         "latency_mean_ms": [round(1000 * b.latency_sum_s / b.requests, 2) if b.requests else None for b in rows],
         "latency_max_ms": [round(1000 * b.latency_max_s, 2) if b.requests else None for b in rows],
     }
+
+
+def short_reason(reason: str) -> str:
+    """A refusal's reason fit to show: one line, no absolute path, at most REFUSED_REASON_CHARS characters."""
+    text = ABSOLUTE_PATH.sub("…", " ".join(str(reason).split()))
+    return text if len(text) <= REFUSED_REASON_CHARS else text[: REFUSED_REASON_CHARS - 1] + "…"
+
+
+def refused_models(models: ModelRegistry) -> list[dict[str, str]]:
+    """Installed models refused at start-up, by name, each with its short reason (for admins' eyes).
+
+    They stay refused until an admin installs a new version under the name (which clears the entry).
+    """
+    return [{"name": name, "reason": short_reason(reason)} for name, reason in sorted(dict(models.failed).items())]
 
 
 def app_metrics() -> Metrics:

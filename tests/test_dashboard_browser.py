@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import REPO_ROOT, start_server, stop_server
+from model_archives import mmar_files, v4_config
+from test_upload_code_execution import installed_the_old_way
 
 from server.phantoms import make_phantom, write_phantom
 
@@ -20,6 +22,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 OUTPUT = REPO_ROOT / "test-output"
 ADMIN = ("dash-admin", "browser-test-password")
 MODEL = "segmentation_spleen"
+REFUSED = "old_hostile"
 FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -40,7 +43,12 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """Serves MODEL; one model an older server installed fails today's checks and is refused at start-up."""
     tmp = tmp_path_factory.mktemp("dashboard")
+    (tmp / "model_repo").mkdir()
+    hostile = v4_config()
+    hostile["pre_transforms"][0] = {"name": "LoadImaged", "args": {"keys": "image", "reader": "os.system"}}
+    installed_the_old_way(tmp / "model_repo", REFUSED, mmar_files(hostile))
     config = tmp / "admin.json"
     config.write_text(json.dumps({"user": ADMIN[0], "password": ADMIN[1]}))
     live = start_server(tmp, "--models", MODEL, "--admin-config", str(config))
@@ -148,7 +156,10 @@ def test_dashboard_in_chromium_shows_the_traffic_and_draws_its_charts(server, tr
     assert page.locator(f'#sessions tr[data-session="{traffic["session_id"]}"]').count() == 1
     name, model_type, engine, state, *_ = page.locator(f'#models tr[data-model="{MODEL}"] td').all_inner_texts()
     assert (name, model_type, state) == (MODEL, "segmentation", "ready") and engine
-    assert page.inner_text("#models-ready") == "1 / 1"
+    assert page.inner_text("#models-ready") == "1 / 1, 1 refused"
+    assert page.is_visible("#refused-section")
+    refused, reason = page.locator(f'#refused tr[data-model="{REFUSED}"] td').all_inner_texts()
+    assert refused == REFUSED and "'os.system' names a Python object" in reason
     assert page.locator("#errors tbody tr").count() == 4
     assert "Model 'nope' is not on this server" in page.inner_text("#errors")
 

@@ -187,6 +187,7 @@ def test_metrics_count_exactly_the_traffic(client):
     assert samples[("aiaa_models_loaded", ())] == 1
     ready = [dict(items) for (name, items), value in samples.items() if name == "aiaa_model_ready" and value == 1]
     assert [(r["model"], r["status"]) for r in ready] == [(MODEL, "ready")]
+    assert not [name for name, _ in samples if name == "aiaa_model_refused"]  # nothing refused at start-up
     assert samples[("process_resident_memory_bytes", ())] > 0
     # no raw path, session id or unknown model name became a label value
     labels_text = json.dumps(sorted(samples))
@@ -232,4 +233,4 @@ def test_one_log_line_per_request_and_no_patient_data(client, server):
 
 def test_ready_reports_every_model(client):
     reply = client.call("GET", "/ready", "/ready", 200)
-    assert reply.json()["models"] == [MODEL]
+    assert reply.json()["models"] == [MODEL] and reply.json()["refused"] == []

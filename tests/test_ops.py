@@ -76,7 +76,7 @@ class ModelInState:
         return {"name": self.name, "type": "segmentation", "engine": "torch", "status": self.status, **extra}
 
 
-def test_ready_is_503_until_every_model_is_loaded(tmp_path):
+def test_ready_is_503_until_every_model_is_loaded_and_names_refused_ones(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     from server.app import create_app
@@ -95,7 +95,8 @@ def test_ready_is_503_until_every_model_is_loaded(tmp_path):
         session_dir=tmp_path / "sessions",
         admin_credentials=AdminCredentials(*ADMIN),
     )
-    client = create_app(settings, registry=ModelRegistry(tmp_path / "repo", models)).test_client()
+    registry = ModelRegistry(tmp_path / "repo", models)
+    client = create_app(settings, registry=registry).test_client()
     reply = client.get("/ready")
     assert reply.status_code == 503 and reply.json["success"] is False
     message = reply.json["error"]["message"]
@@ -118,7 +119,19 @@ def test_ready_is_503_until_every_model_is_loaded(tmp_path):
     assert states == {"spleen_a": ("ready", 1), "spleen_b": ("loading", 0), "spleen_c": ("failed", 0)}
 
     models[1].status = models[2].status = "ready"
-    assert client.get("/ready").json == {"status": "ready", "models": ["spleen_a", "spleen_b", "spleen_c"]}
+    names = ["spleen_a", "spleen_b", "spleen_c"]
+    assert client.get("/ready").json == {"status": "ready", "models": names, "refused": []}
+
+    # a model refused at start-up keeps the server ready (it will not load until replaced): named, no path
+    registry.failed["old_one"] = "post_transforms[1] args.output_dir: '/srv/aiaa/secret dir' looks like a file path"
+    reply = client.get("/ready")
+    assert reply.status_code == 200 and reply.json == {"status": "ready", "models": names, "refused": ["old_one"]}
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'aiaa_model_refused{model="old_one"} 1.0' in metrics and "/srv/aiaa" not in metrics
+    dashboard = client.get("/v1/dashboard?format=json", headers={"Authorization": basic_auth(*ADMIN)}).json
+    assert dashboard["refused"] == [
+        {"name": "old_one", "reason": "post_transforms[1] args.output_dir: '… dir' looks like a file path"}
+    ]
 
     # an app not started by `aiaa serve` has no log file: a clear 404, not a 500
     reply = client.get("/logs", headers={"Authorization": basic_auth(*ADMIN)})

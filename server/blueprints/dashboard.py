@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, render_template, request, url
 from .. import __version__
 from ..auth import admin_required
 from ..errors import BadRequest
-from ..metrics import app_metrics
+from ..metrics import app_metrics, refused_models
 from ..openapi import Param, document
 
 bp = Blueprint("dashboard", __name__)
@@ -36,7 +36,8 @@ _PROCESS.cpu_percent(None)  # the first reading starts the interval that later r
     errors=(400,),
 )
 def dashboard():
-    """The operations dashboard: uptime, models, requests, latency, errors, sessions, process resources."""
+    """The operations dashboard: uptime, models (and those refused at start-up), requests, latency, errors,
+    sessions, process resources."""
     output = request.args.get("format", "html")
     if output not in ("html", "json"):
         raise BadRequest(f"Unknown format '{output}': leave it out for the page, or use format=json.")
@@ -52,8 +53,9 @@ def dashboard_data() -> dict:
     metrics = app_metrics()
     summary = metrics.summary()
     inference_ms = metrics.inference_means_ms()
+    registry = current_app.extensions["aiaa.registry"]
     models = []
-    for model in current_app.extensions["aiaa.registry"].list():
+    for model in registry.list():
         info = model.info()
         models.append(
             {
@@ -76,6 +78,7 @@ def dashboard_data() -> dict:
             "uptime_s": round(now - metrics.started),
         },
         "models": models,
+        "refused": refused_models(registry),  # installed, but refused at start-up by today's checks
         "requests": {key: summary[key] for key in ("total", "errors", "by_endpoint", "by_model", "by_status")},
         "latency_ms": summary["latency_ms"],
         "recent_errors": summary["recent_errors"],

@@ -13,7 +13,7 @@ from .. import __version__
 from ..auth import admin_required
 from ..errors import NotFound, ServiceUnavailable
 from ..logs import LOG_FILE
-from ..metrics import app_metrics
+from ..metrics import app_metrics, refused_models
 from ..openapi import Param, build_spec, document, json_reply, text_reply
 from ..params import query_flag, query_int
 
@@ -31,19 +31,37 @@ def health():
 
 @bp.get("/ready")
 @document(
-    reply=json_reply("Every model is loaded.", {"type": "object", "properties": {"models": {"type": "array"}}}),
+    reply=json_reply(
+        "Every served model is loaded; `refused` names installed models that today's checks refused at start-up.",
+        {
+            "type": "object",
+            "properties": {
+                "status": {"type": "string"},
+                "models": {"type": "array", "items": {"type": "string"}},
+                "refused": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    ),
     errors=(503,),
 )
 def ready():
-    """Readiness: 200 when every served model is loaded, 503 while any is loading or has failed."""
-    models = [model.info() for model in current_app.extensions["aiaa.registry"].list()]
+    """Readiness: 200 when every served model is loaded, 503 while any is loading or has failed.
+
+    A model refused at start-up (it fails today's upload checks) is listed in `refused` but keeps the server
+    ready: it stays refused until an admin installs a new version, and a load balancer that took the whole
+    server out of rotation for it would stop the models that do serve. Names only here (anyone may ask);
+    the reasons are on the admin dashboard.
+    """
+    registry = current_app.extensions["aiaa.registry"]
+    models = [model.info() for model in registry.list()]
     waiting = [m for m in models if m.get("status", "ready") != "ready"]
     if waiting:
         states = ", ".join(
             f"{m['name']} ({m.get('status')}{': ' + str(m['error']) if m.get('error') else ''})" for m in waiting
         )
         raise ServiceUnavailable(f"Not ready: {len(waiting)} of {len(models)} models are not loaded: {states}.")
-    return jsonify({"status": "ready", "models": [m["name"] for m in models]})
+    refused = [item["name"] for item in refused_models(registry)]
+    return jsonify({"status": "ready", "models": [m["name"] for m in models], "refused": refused})
 
 
 @bp.get("/metrics")

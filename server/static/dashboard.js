@@ -79,8 +79,8 @@
     const l = d.latency_ms;
     set("latency", ms(l.p50_ms) + " / " + ms(l.p95_ms) + " / " + ms(l.p99_ms) + " ms");
     const ready = d.models.filter((m) => m.status === "ready").length;
-    set("models-ready", ready + " / " + d.models.length);
-    $("models-ready").className = "big " + (ready === d.models.length ? "ok" : "warn");
+    set("models-ready", ready + " / " + d.models.length + (d.refused.length ? ", " + d.refused.length + " refused" : ""));
+    $("models-ready").className = "big " + (ready === d.models.length && !d.refused.length ? "ok" : "warn");
     set("session-count", String(d.sessions.count));
     set("session-bytes", bytes(d.sessions.bytes) + " of " + bytes(d.sessions.max_bytes));
     set("process-rss", bytes(d.process.rss_bytes));
@@ -93,6 +93,8 @@
       m.source, [String(m.requests), "num requests"],
       Object.entries(m.inference_ms).map(([stage, v]) => stage + " " + v.toFixed(0) + " ms").join(", ") || "–",
     ], (m) => ({ model: m.name }));
+    $("refused-section").hidden = !d.refused.length;
+    fillTable("refused", d.refused, (r) => [[r.name, "bad"], r.reason], (r) => ({ model: r.name }));
     fillTable("endpoints", d.requests.by_endpoint, (r) => [
       r.method, r.endpoint, [String(r.requests), "num requests"], [String(r.errors), "num errors" + (r.errors ? " bad" : "")],
       [ms(r.p50_ms), "num"], [ms(r.p95_ms), "num"], [ms(r.p99_ms), "num"],
