@@ -15,7 +15,7 @@ from conftest import LiveServer, start_server
 
 from server.phantoms import make_phantom, write_phantom
 
-USER, PASSWORD, TOKEN = "admin", secrets.token_urlsafe(12), secrets.token_urlsafe(16)
+USER, PASSWORD, TOKEN = "admin", secrets.token_hex(12), secrets.token_hex(16)  # hex: never a leading "-" (argparse)
 AUTH = (USER, PASSWORD)
 ADMIN_ENV = {"AIAA_ADMIN_USER": USER, "AIAA_ADMIN_PASSWORD": PASSWORD, "AIAA_ADMIN_TOKEN": TOKEN}
 MAX_UPLOAD_MB = 8  # room for an exported app model (about 5 MB)
