@@ -83,7 +83,8 @@ def effective_credentials(credentials: AdminCredentials, host: str) -> AdminCred
             host,
         )
         return None
-    generated = AdminCredentials(user=GENERATED_USER, password=secrets.token_hex(12))  # hex: never a leading "-", which `aiaa models --password` would take for an option
+    # hex: never a leading "-", which `aiaa models --password` would take for an option
+    generated = AdminCredentials(user=GENERATED_USER, password=secrets.token_hex(12))
     register_secret(generated.password)
     logger.warning("no admin credentials configured: a one-time admin password for this run is on the console")
     print_to_console(
