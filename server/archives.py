@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from .errors import BadRequest, PayloadTooLarge
 from .registry import MARKER, TOMBSTONE
+from .vocabularies import ModelFormat
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ArchiveLimits:
 @dataclass(frozen=True)
 class ModelFolder:
     path: Path
-    format: str  # "mmar" or "bundle"
+    format: ModelFormat  # MMAR or BUNDLE
 
 
 class _Budget:
@@ -292,9 +293,9 @@ def model_root(unpacked: Path, archive: str) -> ModelFolder:
         candidates.append(entries[0])
     for root in candidates:
         if root.joinpath(*MMAR_CONFIG.parts).is_file():
-            return ModelFolder(root, "mmar")
+            return ModelFolder(root, ModelFormat.MMAR)
         if (root / "configs").is_dir():
-            return ModelFolder(root, "bundle")
+            return ModelFolder(root, ModelFormat.BUNDLE)
     shown = ", ".join(str(p.relative_to(unpacked)) for p in sorted(unpacked.rglob("*"))[:12])
     raise BadRequest(
         f"The archive '{archive}' holds no model config: expected {MMAR_CONFIG} (MMAR) or configs/inference.json "
@@ -361,7 +362,7 @@ def prepare_model(data: Path, data_name: str, config: bytes | None, work: Path, 
         (folder / "models").mkdir()
         folder.joinpath(*MMAR_CONFIG.parts).write_bytes(config)
         shutil.move(data, folder / "models" / MODEL_FILE_NAMES[kind])
-        return ModelFolder(folder, "mmar")
+        return ModelFolder(folder, ModelFormat.MMAR)
     if model_file_kind(data, data_name) is not None:
         raise BadRequest(
             f"'{data_name}' is a model file without its config: add it as -F config=@config_aiaa.json "

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import admin_client
 from .archives import ArchiveLimits
 from .settings import Settings
-from .vocabularies import EngineName
+from .vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 
 logger = logging.getLogger("aiaa")
 
@@ -355,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="export one of the app's models as an MMAR or MONAI bundle zip")
     p.add_argument("model")
-    p.add_argument("--format", nargs="+", choices=("mmar", "bundle"), default=["mmar"], help="one or both")
+    p.add_argument("--format", nargs="+", choices=UPLOAD_FORMATS, default=[ModelFormat.MMAR], help="one or both")
     p.add_argument("--out", default=".", help="folder for <model>-<format>.zip")
     p.add_argument("--app-dir", default=str(defaults.app_dir))
     p.set_defaults(func=export)

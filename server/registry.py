@@ -44,7 +44,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from . import __version__
 from .errors import ApiError, BadRequest, NotFound
-from .vocabularies import SERVABLE_TYPES, EngineName, ModelType
+from .vocabularies import SERVABLE_TYPES, EngineName, ModelFormat, ModelType
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def app_model(app_dir: Path, name: str, weights: Path, served_name: str | None =
     """One of the app's models, built by the app's own config class, with its weights read from `weights`."""
     config = _app_configs(app_dir).load_configs(str(weights.parent), {"models": name})[name]
     config.path = str(weights)
-    return ServedModel(name=served_name or name, task=config.infer(), source="app")
+    return ServedModel(name=served_name or name, task=config.infer(), source=ModelFormat.APP)
 
 
 def load_app_models(app_dir: Path, models: str = "all") -> list[ServedModel]:
@@ -272,8 +272,8 @@ class ModelRegistry:
         if model.folder is None:
             raise NotFound(f"Model '{name}' has no stored config.")
         marker = self._marker(model.folder)
-        if marker["format"] == "app":
-            return {"source": "app", "model": marker["model"], **model.info()}
+        if marker["format"] == ModelFormat.APP:
+            return {"source": ModelFormat.APP, "model": marker["model"], **model.info()}
         path = self._config_path(model.folder, marker["format"])
         text = path.read_text(encoding="utf-8")
         if path.suffix in (".yaml", ".yml"):
@@ -349,14 +349,14 @@ class ModelRegistry:
         digest = _sha256(weights)
         if current is not None:
             marker = self._marker(current)
-            if marker.get("format") != "app" or marker.get("weights_sha256") == digest:
+            if marker.get("format") != ModelFormat.APP or marker.get("weights_sha256") == digest:
                 return None  # an upload replaced it, or it is up to date
             logger.info("'%s': the app's weights changed; updating the repository copy", name)
         with self.staging() as work:
             folder = work / "model"
             (folder / APP_WEIGHTS).parent.mkdir(parents=True)
             shutil.copy2(weights, folder / APP_WEIGHTS)
-            self._write_marker(folder, name, "app", model=name, weights_sha256=digest)
+            self._write_marker(folder, name, ModelFormat.APP, model=name, weights_sha256=digest)
             target = self.root / f"{name}@{self._new_id()}"
             os.rename(folder, target)
         if current is not None:
@@ -399,8 +399,8 @@ class ModelRegistry:
     def reconfigure(self, name: str, config: dict) -> ServedModel:
         """Install a new version of `name` with the same files and a new config (PATCH)."""
         model = self.get(name)
-        marker = self._marker(model.folder) if model.folder else {"format": "app"}
-        if marker["format"] == "app":
+        marker = self._marker(model.folder) if model.folder else {"format": ModelFormat.APP}
+        if marker["format"] == ModelFormat.APP:
             raise BadRequest(
                 f"'{name}' is one of the app's models, configured in code; replace it with PUT /admin/model/{name}."
             )
@@ -408,7 +408,7 @@ class ModelRegistry:
             folder = work / "model"
             _copy_tree(model.folder, folder)
             target = self._config_path(folder, marker["format"])
-            for stale in target.parent.glob("inference.*") if marker["format"] == "bundle" else [target]:
+            for stale in target.parent.glob("inference.*") if marker["format"] == ModelFormat.BUNDLE else [target]:
                 stale.unlink(missing_ok=True)  # a new file, never a write through a link shared with the old one
             target = target.with_suffix(".json")
             target.write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -429,7 +429,7 @@ class ModelRegistry:
 
     def _load(self, folder: Path, name: str, fmt: str | None = None) -> ServedModel:
         fmt = fmt or self._marker(folder)["format"]
-        if fmt == "app":
+        if fmt == ModelFormat.APP:
             assert self.app_dir is not None
             model = app_model(self.app_dir, self._marker(folder)["model"], folder / APP_WEIGHTS, served_name=name)
         else:
@@ -505,7 +505,7 @@ class ModelRegistry:
 
     @staticmethod
     def _config_path(folder: Path, fmt: str) -> Path:
-        if fmt == "mmar":
+        if fmt == ModelFormat.MMAR:
             return folder / "config" / "config_aiaa.json"
         for candidate in ("inference.json", "inference.yaml", "inference.yml"):
             if (folder / "configs" / candidate).is_file():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import BadRequest
 from ..registry import ServedModel
+from ..vocabularies import ModelFormat
 from .mmar import CONFIG_FILE, read_mmar
 from .task import ConfiguredTask
 from .weights import find_weights, load_weights
@@ -35,12 +36,12 @@ def load_model(folder: Path, name: str, device: str = "cpu") -> ServedModel:
     folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
         spec, network = read_mmar(folder)
-        source = "mmar"
+        source = ModelFormat.MMAR
     elif (folder / "configs").is_dir():
         from .bundle import read_bundle
 
         spec, network = read_bundle(folder)
-        source = "bundle"
+        source = ModelFormat.BUNDLE
     else:
         raise BadRequest(
             "Not a model folder: expected config/config_aiaa.json (MMAR) or configs/inference.json|yaml "

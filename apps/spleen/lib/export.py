@@ -35,8 +35,9 @@ from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
 from server import __version__
 from server.model_formats.weights import load_state_dict
+from server.vocabularies import UPLOAD_FORMATS, ModelFormat
 
-FORMATS = ("mmar", "bundle")
+FORMATS = UPLOAD_FORMATS
 OWN = "aiaa.transforms."  # the prefix under which the server's allow-list knows the app's transforms
 
 
@@ -212,7 +213,7 @@ def export_model(app_dir: Path, name: str, fmt: str, out_dir: Path) -> Path:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     task, network = app_model(app_dir, name)
-    if fmt == "mmar":
+    if fmt == ModelFormat.MMAR:
         files = {
             "config/config_aiaa.json": json.dumps(mmar_config(task), indent=2).encode(),
             "models/model.ts": torchscript_bytes(network),
