@@ -219,7 +219,11 @@ def plan(transform, grid: Grid) -> tuple[Grid, bool]:
 
 
 def _flag(value) -> bool:
-    """A transform's boolean option, which MONAI's dict wrappers may keep per key."""
+    """A transform's boolean option, which MONAI's dict wrappers may keep per key.
+
+    Not `params.flag_value` on purpose: the value comes from a built transform (Python truthiness, as MONAI
+    reads it), not from a client, so nothing here is refused.
+    """
     return bool(value[0] if isinstance(value, tuple | list) and value else value)
 
 

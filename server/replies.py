@@ -50,11 +50,6 @@ def output_mode(output: str | None) -> str:
     return output
 
 
-def flag(value) -> bool:
-    """A boolean param as clients send it: true/false, 1/0, or the strings "true"/"false" (else a 400)."""
-    return checked.flag_value(value)
-
-
 def mask_options(params: dict) -> tuple[str, str, bool]:
     """The request's mask writer options, checked before any work: extension (with its dot, lower case),
     integer dtype name, compression."""

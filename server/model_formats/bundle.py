@@ -168,6 +168,8 @@ def component(value: dict, where: str, refs: list[str]):
     if not isinstance(target, str) or target.startswith(("$", "@", "%")):
         raise BadRequest(f"Bundle config '{where}': _target_ must be a class name, got {target!r}.")
     disabled = value.get("_disabled_", False)
+    # Not `params.flag_value` on purpose: MONAI's ConfigComponent disables only on `str(v).lower() == "true"`,
+    # so "yes"/"1" would mean enabled to MONAI; only the two spellings both readers agree on are accepted.
     if not isinstance(disabled, (bool, str)) or str(disabled).lower() not in ("true", "false"):
         raise BadRequest(f"Bundle config '{where}#_disabled_': must be true or false, got {disabled!r}.")
     resolved = COMPOSE if target in ("Compose", "monai.transforms.Compose") else resolve_target(target, where)
