@@ -117,15 +117,11 @@ def _app_configs(app_dir: Path):
 
 
 def app_model_names(app_dir: Path, models: str = "all") -> list[str]:
-    """The app's model names that `models` ("all" or comma separated names) selects."""
-    known = list(_app_configs(app_dir).CONFIGS)
-    wanted = [m.strip() for m in models.split(",") if m.strip()]
-    if wanted == ["all"]:
-        return known
-    unknown = sorted(set(wanted) - set(known))
-    if unknown:
-        raise ValueError(f"Unknown model(s) {unknown}; the app {app_dir} has {known}")
-    return wanted
+    """The app's model names that `models` ("all" or comma separated names) selects (parsed by the app)."""
+    try:
+        return _app_configs(app_dir).model_names(models)
+    except ValueError as error:
+        raise ValueError(f"{error} (app {app_dir})") from None
 
 
 def app_model(app_dir: Path, name: str, weights: Path, served_name: str | None = None) -> ServedModel:

@@ -35,7 +35,7 @@ from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
 from server import __version__
 from server.model_formats.weights import load_state_dict
-from server.vocabularies import UPLOAD_FORMATS, ModelFormat
+from server.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 
 FORMATS = UPLOAD_FORMATS
 OWN = "aiaa.transforms."  # the prefix under which the server's allow-list knows the app's transforms
@@ -193,7 +193,7 @@ def bundle_configs(task: BasicInferTask, network: torch.nn.Module) -> tuple[dict
 def app_model(app_dir: Path, name: str) -> tuple[BasicInferTask, torch.nn.Module]:
     """The app's task (eager engine) and its network with the weights of `model/<name>.pt` loaded."""
     model_dir = Path(app_dir) / "model"
-    config = load_configs(str(model_dir), {"models": name, "engine": "torch"})[name]
+    config = load_configs(str(model_dir), {"models": name, "engine": EngineName.TORCH})[name]
     weights = model_dir / f"{name}.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"no weights at {weights} (run `aiaa train {name}`)")

@@ -15,14 +15,22 @@ CONFIGS: dict[str, type[TaskConfig]] = {
 }
 
 
+def model_names(models: str = "all") -> list[str]:
+    """The model names that `models` selects: "all", or names separated by commas (MONAI Label's `--conf
+    models`); the one parser of that list, for main.py and for our server alike. Unknown names: ValueError."""
+    wanted = [m.strip() for m in models.split(",") if m.strip()]
+    if wanted == ["all"]:
+        return list(CONFIGS)
+    unknown = sorted(set(wanted) - set(CONFIGS))
+    if unknown:
+        raise ValueError(f"Unknown model(s) {unknown}; this app has {sorted(CONFIGS)}")
+    return wanted
+
+
 def load_configs(model_dir: str, conf: dict[str, str] | None = None) -> dict[str, TaskConfig]:
     """Initialise every model config (all, or those named in conf['models'], comma separated)."""
     conf = conf or {}
-    wanted = [m.strip() for m in conf.get("models", "all").split(",") if m.strip()]
-    names = list(CONFIGS) if wanted == ["all"] else wanted
-    unknown = sorted(set(names) - set(CONFIGS))
-    if unknown:
-        raise ValueError(f"Unknown model(s) {unknown}; this app has {sorted(CONFIGS)}")
+    names = model_names(conf.get("models", "all"))
     configs = {}
     for name in names:
         config = CONFIGS[name]()
