@@ -146,7 +146,7 @@ def soak(args) -> dict:
         if args.server_root:
             processes.REPO = args.server_root.resolve()  # start() runs `python -m server.cli` from there
         os.environ.setdefault("AIAA_ADMIN_USER", "soak-admin")  # the server inherits them; the replacer uses them
-        os.environ.setdefault("AIAA_ADMIN_PASSWORD", secrets.token_urlsafe(16))
+        os.environ.setdefault("AIAA_ADMIN_PASSWORD", secrets.token_hex(16))
         server = processes.start_aiaa(tmp / "aiaa")
         samples: list[tuple[float, float, str]] = []  # (seconds, RSS MiB, phase)
         tally = Tally()
