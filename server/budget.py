@@ -53,9 +53,17 @@ def gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
-def request_limit(memory_budget_bytes: int, workers: int) -> int:
-    """One request's share: the budget over the requests that can run at once (the scheduler's workers)."""
-    return memory_budget_bytes // max(1, workers)
+def request_limit(memory_budget_bytes: int, interactive_workers: int, batch_workers: int, *, batch: bool) -> int:
+    """One request's share: half the budget for each of the scheduler's lanes, split among its workers (all of
+    it for the only lane with workers), so the requests that can run at once never sum past the budget.
+
+    Halves, not an even split per worker: a whole-volume segmentation needs several times a click's memory
+    (the app's segmentation of an uploaded 512×512×1000 CT is costed at 5.5–5.7 GiB: with the defaults, 6 GiB
+    for the one segmentation worker and 3 GiB for each of the two click workers, enough for a one-shot click
+    on that CT, 2.5 GiB)."""
+    workers = (batch_workers if batch else interactive_workers) or 1
+    both_lanes = interactive_workers > 0 and batch_workers > 0
+    return (memory_budget_bytes // 2 if both_lanes else memory_budget_bytes) // workers
 
 
 Plan = Callable[[ImageHeader], tuple[int, str]]

@@ -320,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
         "--memory-budget-mb",
         type=float,
         default=defaults.memory_budget_bytes / 2**20,
-        help="memory the running requests may use together; each gets budget / (interactive + batch workers), "
+        help="memory the running requests may use together: half for each lane, split among its workers; "
         "more is a 413 before anything is allocated (MB; default from AIAA_MEMORY_BUDGET_MB, else 12288)",
     )
     p.add_argument(

@@ -43,7 +43,7 @@ class Settings:
     batch_queue: int = 4
     # Memory all running requests may allocate together (decoded uploads, pipeline grids, masks), on top of
     # the sessions' images (session_max_bytes) and the models: 12 + 8 GiB fit a 24 GB box. Each running
-    # request may use budget / (interactive_workers + batch_workers); more is a 413 (server/budget.py).
+    # request gets half of it for its lane, split among that lane's workers; more is a 413 (server/budget.py).
     # Default from AIAA_MEMORY_BUDGET_MB when set.
     memory_budget_bytes: int = field(
         default_factory=lambda: int(float(os.environ.get("AIAA_MEMORY_BUDGET_MB", 12 * 1024)) * 2**20)

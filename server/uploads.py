@@ -27,11 +27,13 @@ def upload_parts() -> list:
     return [request.files[k] for k in series]
 
 
-def request_ledger(plan: Plan | None = None) -> MemoryLedger:
+def request_ledger(plan: Plan | None = None, *, batch: bool = False) -> MemoryLedger:
     """A fresh memory ledger holding one request's share of the server's memory budget (`plan`: what the
-    request will make of its image, charged with the image's header)."""
+    request will make of its image, charged with the image's header; `batch`: it runs in the batch lane)."""
     settings = current_app.config["SETTINGS"]
-    limit = request_limit(settings.memory_budget_bytes, settings.interactive_workers + settings.batch_workers)
+    limit = request_limit(
+        settings.memory_budget_bytes, settings.interactive_workers, settings.batch_workers, batch=batch
+    )
     return MemoryLedger(limit, plan)
 
 

@@ -33,8 +33,8 @@ from server.params import MAX_PARAMS_BYTES, MAX_POINTS
 from server.phantoms import make_phantom, write_phantom
 
 SECRET = ("AIAA-SECRET-" + secrets.token_hex(8)).encode()
-BUDGET_MB = 1536  # 512 MiB per request with the default 2 + 1 workers
-PER_REQUEST = request_limit(BUDGET_MB * 2**20, 3)
+BUDGET_MB = 1536  # with the default 2 + 1 workers: 768 MiB for a segmentation, 384 MiB for a click
+PER_REQUEST = request_limit(BUDGET_MB * 2**20, 2, 1, batch=True)  # a segmentation's share (defaults: 2 + 1 workers)
 RSS_SLACK = 300 * 2**20  # what refusing may cost (parsing, temp files); every payload below asks for far more
 MODEL = "segmentation_spleen"
 
@@ -365,6 +365,23 @@ def test_planned_grids_match_what_monai_allocates(direction):
         data = step(data)
         grid, _ = plan(step, grid)
         assert grid.shape == tuple(data["image"].shape[1:]), type(step).__name__
+
+
+@pytest.mark.parametrize(("interactive", "batch"), [(2, 1), (4, 2), (3, 0), (0, 2), (1, 1)])
+def test_lane_shares_never_sum_past_the_budget(interactive, batch):
+    budget = 12 * 2**30
+    click = request_limit(budget, interactive, batch, batch=False)
+    segmentation = request_limit(budget, interactive, batch, batch=True)
+    assert interactive * click + batch * segmentation <= budget
+    if interactive and batch:
+        assert interactive * click == batch * segmentation == budget // 2
+
+
+def test_default_shares_fit_a_whole_body_ct():
+    """With the defaults (12 GiB, 2 click + 1 segmentation workers) a 512×512×1000 CT is served: the app's
+    segmentation of it, upload decoding included, is costed at 5.5–5.7 GiB, a one-shot click at 2.5 GiB."""
+    assert request_limit(12 * 2**30, 2, 1, batch=True) == 6 * 2**30
+    assert request_limit(12 * 2**30, 2, 1, batch=False) == 3 * 2**30
 
 
 def test_pipeline_estimate_names_the_grid_that_does_not_fit():

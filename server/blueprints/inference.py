@@ -13,7 +13,7 @@ from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..registry import ModelRegistry, ServedModel
 from ..replies import mask_options, mask_reply, output_mode
-from ..scheduler import Scheduler
+from ..scheduler import INTERACTIVE_TYPES, Scheduler
 from ..uploads import request_image, request_ledger, request_params
 from ..vocabularies import ModelType
 
@@ -95,7 +95,7 @@ def infer(op: str, model_type: str | None = None):
     session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
     device = current_app.config["SETTINGS"].device
     with scheduler().run(model.type) as queued:
-        ledger = request_ledger(plan=model_plan(model))
+        ledger = request_ledger(plan=model_plan(model), batch=model.type not in INTERACTIVE_TYPES)
         if session:
             image = session.image
             ledger.charge_image(ImageHeader.of(image), decoded=True)
