@@ -265,28 +265,25 @@ def main(argv: list[str] | None = None) -> Path:
         "hypothesis": hypothesis.__version__,
     }
     headers = auth_header(args.user, args.password)
-    if args.url:
-        report = fuzz(
-            args.url,
+
+    def run(url: str) -> Report:
+        return fuzz(
+            url,
             examples=args.examples,
             seed=args.seed,
             seconds=args.minutes * 60,
             headers=headers,
-            session_id=upload_session(args.url),
+            session_id=upload_session(url),
         )
+
+    if args.url:
+        report = run(args.url)
     else:
         os.environ.update(SERVER_ENV)
         with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-") as tmp:
             server = processes.start_aiaa(Path(tmp), *SERVER_ARGS)  # inherits the admin credentials above
             try:
-                report = fuzz(
-                    server.url,
-                    examples=args.examples,
-                    seed=args.seed,
-                    seconds=args.minutes * 60,
-                    headers=headers,
-                    session_id=upload_session(server.url),
-                )
+                report = run(server.url)
             finally:
                 server.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

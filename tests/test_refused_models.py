@@ -11,9 +11,9 @@ import json
 import pytest
 import requests
 from conftest import start_server, stop_server
-from model_archives import mmar_files, setstate_torchscript, v4_config, zip_bytes
+from model_archives import mmar_files, v4_config, zip_bytes
 from prometheus_client.parser import text_string_to_metric_families
-from test_upload_code_execution import installed_the_old_way, touch
+from test_upload_code_execution import installed_the_old_way, plant_hostile_models
 
 ADMIN = ("refused-admin", "refused-test-password")
 MODEL = "segmentation_spleen"
@@ -26,15 +26,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("refused")
     repo, marker = tmp / "model_repo", tmp / "ran"
     repo.mkdir()
-    reader = v4_config()
-    reader["pre_transforms"][0] = {
-        "name": "monai.transforms.LoadImageD",
-        "args": {"keys": "image", "reader": "subprocess.call", **touch(marker)},
-    }
-    installed_the_old_way(repo, "alias_reader", mmar_files(reader))
-    installed_the_old_way(
-        repo, "setstate", {**mmar_files(v4_config()), "models/model.ts": setstate_torchscript(str(marker))}
-    )
+    plant_hostile_models(repo, marker)
     writer = v4_config()  # its reason quotes the absolute path it would write to: that must not get out
     writer["post_transforms"].insert(1, {"name": "SaveImaged", "args": {"keys": "pred", "output_dir": str(tmp / "w")}})
     installed_the_old_way(repo, "writer", mmar_files(writer))

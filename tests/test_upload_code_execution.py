@@ -382,9 +382,9 @@ def installed_the_old_way(repo: Path, name: str, files: dict) -> Path:
     return folder
 
 
-def test_models_installed_under_older_rules_are_revalidated_and_never_run(tmp_path, caplog):
-    repo, marker = tmp_path / "repo", tmp_path / "ran"
-    repo.mkdir()
+def plant_hostile_models(repo: Path, marker: Path) -> None:
+    """Two models committed the old way whose payloads would create `marker`: `alias_reader` (a loader
+    alias whose reader runs a command) and `setstate` (TorchScript whose __setstate__ writes a file)."""
     config = v4_config()
     config["pre_transforms"][0] = {
         "name": "monai.transforms.LoadImageD",
@@ -394,6 +394,12 @@ def test_models_installed_under_older_rules_are_revalidated_and_never_run(tmp_pa
     installed_the_old_way(
         repo, "setstate", {**mmar_files(v4_config()), "models/model.ts": setstate_torchscript(str(marker))}
     )
+
+
+def test_models_installed_under_older_rules_are_revalidated_and_never_run(tmp_path, caplog):
+    repo, marker = tmp_path / "repo", tmp_path / "ran"
+    repo.mkdir()
+    plant_hostile_models(repo, marker)
     plain = installed_the_old_way(repo, "plain", mmar_files(v4_config()))
     before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
 
