@@ -13,6 +13,13 @@ class ApiError(Exception):
     status = 500
     type = "InternalError"
 
+    def __init_subclass__(cls, status: int | None = None, **kwargs):
+        """`class NotFound(ApiError, status=404)`: the status on the class line, the type its name."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:  # a new kind of error; a subclass without a status keeps its parent's
+            cls.status = status
+            cls.type = cls.__dict__.get("type", cls.__name__)
+
     def __init__(
         self, message: str, *, status: int | None = None, type: str | None = None, headers: dict | None = None
     ):
@@ -28,36 +35,29 @@ class ApiError(Exception):
         return {"error": {"type": self.type, "message": self.message}, "success": False}
 
 
-class BadRequest(ApiError):
-    status = 400
-    type = "BadRequest"
+class BadRequest(ApiError, status=400):
+    """The request is malformed or breaks a limit that does not depend on its size."""
 
 
-class Unauthorized(ApiError):
-    status = 401
-    type = "Unauthorized"
+class Unauthorized(ApiError, status=401):
+    """The admin credentials are missing or wrong."""
 
 
-class NotFound(ApiError):
-    status = 404
-    type = "NotFound"
+class NotFound(ApiError, status=404):
+    """No such model, session or route."""
 
 
-class PayloadTooLarge(ApiError):
-    status = 413
-    type = "PayloadTooLarge"
+class PayloadTooLarge(ApiError, status=413):
+    """The request, or what it would make the server allocate, is over a size limit."""
 
 
-class UnsupportedMediaType(ApiError):
-    status = 415
-    type = "UnsupportedMediaType"
+class UnsupportedMediaType(ApiError, status=415):
+    """The upload is not in a format the server reads."""
 
 
-class SessionExpired(ApiError):
-    status = 440
-    type = "SessionExpired"
+class SessionExpired(ApiError, status=440):
+    """The session is gone (expired or never existed): AIAA clients upload the image again."""
 
 
-class ServiceUnavailable(ApiError):
-    status = 503
-    type = "ServiceUnavailable"
+class ServiceUnavailable(ApiError, status=503):
+    """The server is not ready or its queues are full: try again later."""

@@ -32,13 +32,13 @@ CORS_HEADERS = "Authorization, Content-Type"
 CORS_MAX_AGE_S = 600
 
 
-class MisdirectedRequest(ApiError):
-    status = 421
-    type = "MisdirectedRequest"
+class MisdirectedRequest(ApiError, status=421):
+    """The Host header names a host this server does not serve."""
 
 
-class CrossOriginRefused(ApiError):
-    status = 403
+class CrossOriginRefused(ApiError, status=403):
+    """A browser request from an origin that is not allowed."""
+
     type = "Forbidden"
 
 
