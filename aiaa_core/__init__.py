@@ -4,3 +4,5 @@ Engines, request and data keys, the shared transforms, mask geometry, phantoms a
 MONAI live here; the app (`apps/spleen`) and the server (`server/`) both import from it and never
 from each other.
 """
+
+__version__ = "0.1.0"  # the project's one version: the wheel (setup.cfg), the server and the app's exports

@@ -17,9 +17,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 
+from aiaa_core.vocabularies import ENGINES  # noqa: E402
 from server.engines import build_engine, engine_threads, resolve_engine  # noqa: E402
 from server.registry import load_app_models  # noqa: E402
-from server.vocabularies import ENGINES  # noqa: E402
 
 
 def measure_engines(repeats: int = 5) -> list[dict]:

@@ -1,3 +1,5 @@
 """AIAA-compatible annotation server built on MONAI and MONAI Label."""
 
-__version__ = "0.1.0"
+from aiaa_core import __version__
+
+__all__ = ["__version__"]

@@ -25,9 +25,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from aiaa_core.vocabularies import ModelFormat
+
 from .errors import BadRequest, PayloadTooLarge
 from .registry import MARKER, TOMBSTONE
-from .vocabularies import ModelFormat
 
 logger = logging.getLogger(__name__)
 

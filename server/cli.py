@@ -9,10 +9,11 @@ import resource
 import sys
 from pathlib import Path
 
+from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
+
 from . import admin_client
 from .archives import ArchiveLimits
 from .settings import Settings
-from .vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 
 logger = logging.getLogger("aiaa")
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .vocabularies import EngineName
+from aiaa_core.vocabularies import EngineName
 
 logger = logging.getLogger(__name__)
 

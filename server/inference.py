@@ -17,17 +17,16 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from aiaa_core.keys import PRED_BOX, PREPARED
+from aiaa_core.mask_geometry import extreme_points, occupied_range
+from aiaa_core.vocabularies import ModelType
+
 from .engines import yield_point
 from .imageio import to_metatensor
-from .mask_geometry import extreme_points, occupied_range
 from .registry import ServedModel
 from .sessions import Session
-from .vocabularies import ModelType
 
 logger = logging.getLogger(__name__)
-
-PREPARED = "prepared"  # request key: the task's `prepare` output for the request's image
-PRED_BOX = "pred_box"  # data key a task may set: [[i0, i1], [j0, j1], [k0, k1]], the mask is zero outside it
 
 
 def image_inputs(model: ServedModel, image: sitk.Image, session: Session | None = None) -> dict:

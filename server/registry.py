@@ -42,9 +42,10 @@ import numpy as np
 import SimpleITK as sitk
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from aiaa_core.vocabularies import SERVABLE_TYPES, EngineName, ModelFormat, ModelType
+
 from . import __version__
 from .errors import ApiError, BadRequest, NotFound
-from .vocabularies import SERVABLE_TYPES, EngineName, ModelFormat, ModelType
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 
+from aiaa_core.vocabularies import ModelType
+
 from .engines import yield_hook
 from .errors import ServiceUnavailable
-from .vocabularies import ModelType
 
 
 class Work(StrEnum):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
+from aiaa_core.mask_geometry import dice
 from server.errors import BadRequest
 from server.imageio import to_array, to_metatensor
 from server.inference import run_model
-from server.mask_geometry import dice
 from server.model_formats import load_model
 from server.phantoms import make_phantom
 

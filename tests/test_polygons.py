@@ -14,10 +14,10 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 from scipy import ndimage
 from skimage import draw
 
+from aiaa_core.mask_geometry import dice
 from server.app import create_app
 from server.blueprints import polygons as polygons_blueprint
 from server.imageio import to_array
-from server.mask_geometry import dice
 from server.polygons import (
     fill_polygon,
     fix_polygon,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
+from aiaa_core.vocabularies import ModelType
+
 from .. import params as checked
 from ..budget import pipeline_bytes
 from ..errors import BadRequest
@@ -15,7 +17,6 @@ from ..registry import ModelRegistry, ServedModel
 from ..replies import mask_options, mask_reply, output_mode
 from ..scheduler import INTERACTIVE_TYPES, Scheduler
 from ..uploads import request_image, request_ledger, request_params
-from ..vocabularies import ModelType
 
 bp = Blueprint("inference", __name__)
 

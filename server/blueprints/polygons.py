@@ -22,6 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 from flask import Blueprint, Response, current_app
 
+from aiaa_core.vocabularies import ModelType
+
 from .. import params as checked
 from .. import polygons
 from ..budget import MASK_BYTES_PER_VOXEL, MemoryLedger
@@ -31,7 +33,6 @@ from ..png import PNG_DTYPES, PNG_EXTENSION, encode_png_mask
 from ..replies import mask_options, mask_reply, output_mode, result_reply
 from ..scheduler import Scheduler
 from ..uploads import request_image, request_ledger, request_params
-from ..vocabularies import ModelType
 
 bp = Blueprint("polygons", __name__)
 

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aiaa_core.vocabularies import ModelFormat
+
 from ..errors import BadRequest
 from ..registry import ServedModel
-from ..vocabularies import ModelFormat
 from .mmar import CONFIG_FILE, read_mmar
 from .task import ConfiguredTask
 from .weights import find_weights, load_weights

@@ -24,8 +24,9 @@ import yaml
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
+from aiaa_core.vocabularies import ModelType
+
 from ..errors import BadRequest
-from ..vocabularies import ModelType
 from . import mmar, names
 from .task import TaskSpec
 

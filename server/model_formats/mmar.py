@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
+from aiaa_core.vocabularies import SERVABLE_TYPES, ModelType
+
 from ..errors import BadRequest
-from ..vocabularies import SERVABLE_TYPES, ModelType
 from . import legacy, names
 from .arguments import check_value
 from .task import TaskSpec

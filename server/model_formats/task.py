@@ -12,7 +12,8 @@ from monai.inferers import Inferer
 from monai.transforms import Invertd, InvertibleTransform
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from ..vocabularies import EngineName
+from aiaa_core.vocabularies import EngineName
+
 from .adapters import LoadServerImaged, Restored, app_transforms
 
 RESERVED_INFO = {"name", "type", "labels", "description", "version", "status", "source", "engine", "dimension"}

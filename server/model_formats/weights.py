@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
+from aiaa_core.vocabularies import EngineName
+
 from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
-from ..vocabularies import EngineName
 from .onnx_graph import check_onnx
 from .torchscript import check_archive, check_loaded
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 # Re-exported: scored by the same rules inference applies (one implementation, in the server's mask geometry).
-from server.mask_geometry import dice, extreme_points, largest_component
+from aiaa_core.mask_geometry import dice, extreme_points, largest_component
 
 __all__ = ["centre_click", "dice", "extreme_points", "largest_component", "next_click"]
 

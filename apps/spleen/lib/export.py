@@ -30,12 +30,12 @@ from monai.transforms import (
 )
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from aiaa_core import __version__
+from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 from lib import transforms as app_transforms
 from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
-from server import __version__
 from server.model_formats.weights import load_state_dict
-from server.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 
 FORMATS = UPLOAD_FORMATS
 OWN = "aiaa.transforms."  # the prefix under which the server's allow-list knows the app's transforms

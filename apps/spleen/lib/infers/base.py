@@ -15,8 +15,8 @@ import torch
 from monailabel.interfaces.utils.transform import run_transforms
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from aiaa_core.keys import PREPARED  # request key: the output of `prepare` for the request's image
 from server.engines import Engine, build_engine, check_engine, resolve_engine
-from server.inference import PREPARED  # request key: the output of `prepare` for the request's image
 
 
 class AppInferTask(BasicInferTask):

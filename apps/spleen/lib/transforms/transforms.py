@@ -12,8 +12,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
 
-from server.inference import PRED_BOX  # data key: the box outside which the pasted mask is all zero
-from server.mask_geometry import largest_component  # the one rule, shared with accuracy scoring
+from aiaa_core.keys import PRED_BOX  # data key: the box outside which the pasted mask is all zero
+from aiaa_core.mask_geometry import largest_component  # the one rule, shared with accuracy scoring
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded

@@ -1,4 +1,4 @@
-"""The server's vocabularies as StrEnums: model types, engines and model formats.
+"""The vocabularies of the server and the app as StrEnums: model types, engines and model formats.
 
 One place for each list of names, importable without Flask or torch (the CLI's argparse choices, the app,
 the benches). StrEnum members are their strings: JSON replies, markers on disk and comparisons with
