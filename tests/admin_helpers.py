@@ -40,6 +40,13 @@ def start_admin_server(tmp: Path, *extra: str) -> LiveServer:
     return start_server(tmp, *SERVER_ARGS, *extra, env=ADMIN_ENV)
 
 
+def start_server_with_admin_file(tmp: Path, admin: tuple[str, str], *extra: str) -> LiveServer:
+    """A server whose admin credentials come from an `--admin-config` file (as an operator writes it)."""
+    config = tmp / "admin.json"
+    config.write_text(json.dumps({"user": admin[0], "password": admin[1]}))
+    return start_server(tmp, *extra, "--admin-config", str(config))
+
+
 def archive_part(filename: str, data: bytes) -> dict:
     return {"data": (filename, data, "application/octet-stream")}
 

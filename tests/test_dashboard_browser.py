@@ -7,12 +7,12 @@ but this server (no CDN). Screenshots go to test-output/ at the repository root.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import REPO_ROOT, start_server, stop_server
+from admin_helpers import start_server_with_admin_file
+from conftest import REPO_ROOT, stop_server
 from model_archives import mmar_files, v4_config
 from test_upload_code_execution import installed_the_old_way
 
@@ -49,9 +49,7 @@ def server(tmp_path_factory):
     hostile = v4_config()
     hostile["pre_transforms"][0] = {"name": "LoadImaged", "args": {"keys": "image", "reader": "os.system"}}
     installed_the_old_way(tmp / "model_repo", REFUSED, mmar_files(hostile))
-    config = tmp / "admin.json"
-    config.write_text(json.dumps({"user": ADMIN[0], "password": ADMIN[1]}))
-    live = start_server(tmp, "--models", MODEL, "--admin-config", str(config))
+    live = start_server_with_admin_file(tmp, ADMIN, "--models", MODEL)
     yield live
     stop_server(live)
 

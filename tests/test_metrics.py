@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 import requests
-from conftest import start_server, stop_server
+from admin_helpers import start_server_with_admin_file
+from conftest import stop_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.phantoms import make_phantom, write_phantom
@@ -48,9 +49,7 @@ class ScriptedClient:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
-    config = tmp / "admin.json"
-    config.write_text(json.dumps({"user": ADMIN[0], "password": ADMIN[1]}))
-    live = start_server(tmp, "--models", MODEL, "--admin-config", str(config))
+    live = start_server_with_admin_file(tmp, ADMIN, "--models", MODEL)
     yield live
     stop_server(live)
 

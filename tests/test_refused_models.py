@@ -6,11 +6,10 @@ carries a file path of the server beyond the model's name, and nothing of the pa
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import requests
-from conftest import start_server, stop_server
+from admin_helpers import start_server_with_admin_file
+from conftest import stop_server
 from model_archives import mmar_files, v4_config, zip_bytes
 from prometheus_client.parser import text_string_to_metric_families
 from test_upload_code_execution import installed_the_old_way, plant_hostile_models
@@ -30,9 +29,7 @@ def server(tmp_path_factory):
     writer = v4_config()  # its reason quotes the absolute path it would write to: that must not get out
     writer["post_transforms"].insert(1, {"name": "SaveImaged", "args": {"keys": "pred", "output_dir": str(tmp / "w")}})
     installed_the_old_way(repo, "writer", mmar_files(writer))
-    config = tmp / "admin.json"
-    config.write_text(json.dumps({"user": ADMIN[0], "password": ADMIN[1]}))
-    live = start_server(tmp, "--models", MODEL, "--admin-config", str(config))
+    live = start_server_with_admin_file(tmp, ADMIN, "--models", MODEL)
     live.tmp, live.marker = tmp, marker
     yield live
     stop_server(live)
