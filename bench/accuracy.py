@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "spleen"
 sys.path[:0] = [str(REPO), str(APP)]
 
-from lib.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
+from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
 from server.imageio import read_image, to_array  # noqa: E402
 from server.inference import run_model  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402

@@ -34,7 +34,7 @@ from engines import engines_table, measure_engines  # noqa: E402
 from processes import Server, start_aiaa, start_monailabel  # noqa: E402
 
 from aiaa_core.vocabularies import ENGINES, EngineName  # noqa: E402
-from lib.evaluation import extreme_points  # noqa: E402
+from aiaa_core.evaluation import extreme_points  # noqa: E402
 from server.imageio import to_array  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402
 

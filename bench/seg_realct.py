@@ -23,7 +23,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 
-from lib.evaluation import dice  # noqa: E402
+from aiaa_core.evaluation import dice  # noqa: E402
 from lib.trainers.data import REAL_CASES, read_case  # noqa: E402
 from server.imageio import to_array  # noqa: E402
 from server.inference import run_model  # noqa: E402

@@ -41,7 +41,7 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen"), str(REPO / "bench")]
 import processes  # noqa: E402
 from run_all import Client, click_sets, load, machine, percentile  # noqa: E402
 
-from lib.evaluation import extreme_points  # noqa: E402
+from aiaa_core.evaluation import extreme_points  # noqa: E402
 from server.imageio import to_array  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402
 

@@ -12,11 +12,11 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
-from lib.evaluation import dice
+from aiaa_core.evaluation import dice
 from lib.infers import DeepGrow3D, ExtremePoints
 from lib.infers.interactive import touched_faces, zoomed_box
-from lib.transforms import CropAroundPointsd
-from lib.transforms.transforms import AIR_HU, resize_logits, resize_region
+from aiaa_core.transforms import CropAroundPointsd
+from aiaa_core.transforms import AIR_HU, resize_logits, resize_region
 from server.imageio import to_array
 from server.inference import run_model
 from server.registry import ServedModel

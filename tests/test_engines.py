@@ -12,9 +12,9 @@ import torch
 from conftest import REPO_ROOT
 from monai.transforms import AsDiscreted, EnsureTyped, KeepLargestConnectedComponentd
 
-from lib.evaluation import dice
+from aiaa_core.evaluation import dice
 from lib.infers import SegmentationSpleen
-from lib.transforms import RestoreGeometryd
+from aiaa_core.transforms import RestoreGeometryd
 from server import engines
 from server.imageio import to_array, to_metatensor
 from server.phantoms import LABELS, make_phantom

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from lib.evaluation import centre_click, extreme_points
+from aiaa_core.evaluation import centre_click, extreme_points
 from server import inference
 from server.imageio import to_array
 from server.phantoms import LABELS, make_phantom

@@ -11,7 +11,7 @@ import requests
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 
-from lib.evaluation import centre_click, dice, extreme_points
+from aiaa_core.evaluation import centre_click, dice, extreme_points
 from server.phantoms import LABELS, make_phantom, write_phantom
 
 

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 
-from lib.evaluation import centre_click, dice, extreme_points, next_click
+from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click
 from server.phantoms import LABELS, make_phantom, write_phantom
 
 TEST_SEED_OFFSET = 200_000  # training uses 0.., model selection 100_000..

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import numpy as np
 import SimpleITK as sitk
 
-from lib.evaluation import dice, extreme_points
+from aiaa_core.evaluation import dice, extreme_points
 from server.phantoms import LABELS, make_phantom, write_phantom
 
 with warnings.catch_warnings():

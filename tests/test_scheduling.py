@@ -17,7 +17,7 @@ from aiaa_helpers import parse_result, post, read_mask, to_ijk
 from conftest import REPO_ROOT
 from monai.networks.nets import UNet
 
-from lib.evaluation import centre_click
+from aiaa_core.evaluation import centre_click
 from lib.infers import SegmentationSpleen
 from lib.networks import segmentation_network
 from server.app import create_app

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from aiaa_helpers import Files, assert_same_grid, parse_result, post, read_mask, to_ijk
 
-from lib.evaluation import dice
+from aiaa_core.evaluation import dice
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
 

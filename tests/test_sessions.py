@@ -13,7 +13,7 @@ import torch
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 from conftest import start_server, stop_server
 
-from lib.evaluation import centre_click, dice
+from aiaa_core.evaluation import centre_click, dice
 from server.imageio import write_dicom_series
 from server.phantoms import LABELS, make_phantom, write_phantom
 from server.sessions import SessionStore

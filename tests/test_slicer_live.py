@@ -33,7 +33,7 @@ from AIAASegmentLib import (  # noqa: E402
 )
 from conftest import free_port  # noqa: E402
 
-from lib.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
+from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
 from server.imageio import ras_affine, to_array  # noqa: E402
 from server.phantoms import LABELS, make_phantom  # noqa: E402
 

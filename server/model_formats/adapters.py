@@ -7,20 +7,14 @@ These adapters sit at those two ends; everything in between is the upload's own 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, InvertibleTransform, MapTransform
 
-APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "spleen"
-if str(APP_DIR) not in sys.path:  # the app's transforms are the server's too (`lib.transforms`)
-    sys.path.insert(0, str(APP_DIR))
-
-from lib import transforms as app_transforms  # noqa: E402
+from aiaa_core import transforms as app_transforms  # the app's transforms are the server's too
 
 __all__ = ["LoadServerImaged", "Restored"]
 

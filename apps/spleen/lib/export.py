@@ -31,8 +31,8 @@ from monai.transforms import (
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from aiaa_core import __version__
+from aiaa_core import transforms as app_transforms
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
-from lib import transforms as app_transforms
 from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
 from server.model_formats.weights import load_state_dict

@@ -17,8 +17,16 @@ from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import EnsureTyped, MapTransform, ScaleIntensityRanged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from lib.transforms import CropAroundPointsd, LoadImageOrTensord, PasteCropd, PointHeatmapsd, RestoreGeometryd
-from lib.transforms.transforms import ZOOM_BOX, bare, fit_in_image
+from aiaa_core.transforms import (
+    ZOOM_BOX,
+    CropAroundPointsd,
+    LoadImageOrTensord,
+    PasteCropd,
+    PointHeatmapsd,
+    RestoreGeometryd,
+    bare,
+    fit_in_image,
+)
 
 from .base import AppInferTask
 

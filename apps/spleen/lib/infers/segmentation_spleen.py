@@ -8,7 +8,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 from monai.transforms import EnsureTyped, Orientationd, ScaleIntensityRanged, Spacingd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from lib.transforms import LoadImageOrTensord, LogitsToInputGridd, RestoreGeometryd
+from aiaa_core.transforms import LoadImageOrTensord, LogitsToInputGridd, RestoreGeometryd
 
 from .base import AppInferTask
 

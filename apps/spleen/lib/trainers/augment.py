@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable
 
-from lib.transforms.transforms import bare
+from aiaa_core.transforms import bare
 
 
 class RandHUShiftScaled(Randomizable, MapTransform):

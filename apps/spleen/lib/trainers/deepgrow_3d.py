@@ -20,11 +20,10 @@ import torch
 from monai.apps.deepgrow.transforms import AddInitialSeedPointd, AddRandomGuidanced, FindDiscrepancyRegionsd
 from monai.utils import set_determinism
 
+from aiaa_core.transforms import ZOOM_BOX, crop_box, fit_in_image
 from lib.infers.deepgrow_3d import DeepGrow3D
 from lib.infers.interactive import click_preprocessing
 from lib.networks import deepgrow_network
-from lib.transforms import crop_box
-from lib.transforms.transforms import ZOOM_BOX, fit_in_image
 from server.phantoms import LABELS
 
 from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice

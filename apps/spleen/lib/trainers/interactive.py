@@ -17,8 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from lib.transforms import PointHeatmapsd
-from lib.transforms.transforms import AIR_HU
+from aiaa_core.transforms import PointHeatmapsd
+from aiaa_core.transforms import AIR_HU
 from server.imageio import read_image, to_metatensor
 from server.phantoms import LABELS
 

@@ -35,7 +35,7 @@ from monai.utils import set_determinism
 
 from lib.infers.segmentation_spleen import ROI_SIZE, TARGET_SPACING, ct_window, working_grid
 from lib.networks import segmentation_network
-from lib.transforms import LoadImageOrTensord
+from aiaa_core.transforms import LoadImageOrTensord
 from server.imageio import to_metatensor
 
 from .augment import RandHUShiftScaled, RandThickSlicesd

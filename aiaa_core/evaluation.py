@@ -1,6 +1,7 @@
-"""How the app measures its accuracy: Dice, extreme points of a mask, and a simulated clinician's clicks.
+"""How accuracy is measured: Dice, extreme points of a mask, and a simulated clinician's clicks.
 
-Used by the accuracy tests (through a live server) and by `bench/accuracy.py` (the app README's table).
+Used by the accuracy tests (through a live server), the app's trainers and the benches (`bench/accuracy.py`,
+the app README's table); in the core so that none of them reaches into another's package for it.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-# Re-exported: scored by the same rules inference applies (one implementation, in the server's mask geometry).
-from aiaa_core.mask_geometry import dice, extreme_points, largest_component
+# Re-exported: scored by the same rules inference applies (one implementation, in the core's mask geometry).
+from .mask_geometry import dice, extreme_points, largest_component
 
 __all__ = ["centre_click", "dice", "extreme_points", "largest_component", "next_click"]
 

@@ -1,4 +1,5 @@
-"""Transforms of our own, used by the app's pipelines under both hosts."""
+"""Transforms of our own: the app's pipelines use them under both hosts (our server, stock MONAI Label), and
+the server's model formats use them in uploaded MMARs and bundles (`aiaa.transforms.<name>`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,23 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
 
-from aiaa_core.keys import PRED_BOX  # data key: the box outside which the pasted mask is all zero
-from aiaa_core.mask_geometry import largest_component  # the one rule, shared with accuracy scoring
+from .keys import PRED_BOX  # data key: the box outside which the pasted mask is all zero
+from .mask_geometry import largest_component  # the one rule, shared with accuracy scoring
+
+# The public names; an uploaded config may name these transforms as `aiaa.transforms.<name>` (the server's
+# allow-list, server/model_formats/names.py, looks them up in __all__ and nowhere else).
+__all__ = [
+    "PRED_BOX",
+    "CropAroundPointsd",
+    "LoadImageOrTensord",
+    "LogitsToInputGridd",
+    "PasteCropd",
+    "PointHeatmapsd",
+    "RestoreGeometryd",
+    "crop_box",
+    "largest_component",
+    "point_heatmap",
+]
 
 ORIGINAL_AFFINE = "original_affine"  # data key suffix: the image's affine as loaded, before any transform
 ORIGINAL_SHAPE = "original_shape"  # data key suffix: the image's spatial shape as loaded
