@@ -24,11 +24,12 @@ import yaml
 from monai.inferers import Inferer
 from monai.transforms import Compose
 
-from aiaa_core.vocabularies import ModelType
+from aiaa_core.vocabularies import ModelFormat, ModelType
 
 from ..errors import BadRequest
 from . import mmar, names
-from .task import TaskSpec
+from .base import LoadContext, ModelFormatHandler
+from .task import TaskSpec, configured_model
 
 NEEDED = ("network_def", "preprocessing", "inferer", "postprocessing")
 COMPONENT_KEYS = {"_target_", "_disabled_", "_desc_"}  # `_requires_` and `_mode_` would run or defer code
@@ -94,9 +95,12 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
     return spec, network
 
 
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")  # the first present is read
+
+
 def read_configs(folder: Path) -> tuple[dict, dict]:
     configs = folder / "configs"
-    paths = [configs / n for n in ("inference.json", "inference.yaml", "inference.yml") if (configs / n).is_file()]
+    paths = [configs / n for n in CONFIG_NAMES if (configs / n).is_file()]
     if not paths:
         raise BadRequest("Bundle has no configs/inference.json (or .yaml).")
     if not (configs / "metadata.json").is_file():
@@ -300,3 +304,23 @@ def bundle_labels(metadata: dict) -> list[str]:
             "metadata.json: network_data_format.outputs.pred.channel_def must map channel numbers to label names."
         ) from None
     return [name for index, name in ordered if index != 0 and name.lower() != "background"]
+
+
+class BundleFormat(ModelFormatHandler):
+    """A MONAI bundle: `configs/inference.json|yaml`, `configs/metadata.json`, `models/model.pt|ts`."""
+
+    format = ModelFormat.BUNDLE
+
+    def detect(self, folder: Path) -> bool:
+        return (folder / "configs").is_dir()
+
+    def build(self, folder: Path, name: str, context: LoadContext):
+        spec, network = read_bundle(folder)
+        return configured_model(folder, name, self.format, spec, network, context.engines)
+
+    def config_file(self, folder: Path) -> Path:
+        found = [folder / "configs" / n for n in CONFIG_NAMES if (folder / "configs" / n).is_file()]
+        return found[0] if found else folder / "configs" / CONFIG_NAMES[0]
+
+    def config_files(self, folder: Path) -> list[Path]:
+        return sorted((folder / "configs").glob("inference.*"))

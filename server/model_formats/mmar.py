@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from monai.inferers import Inferer, SimpleInferer, SlidingWindowInferer
 
-from aiaa_core.vocabularies import SERVABLE_TYPES, ModelType
+from aiaa_core.vocabularies import SERVABLE_TYPES, ModelFormat, ModelType
 
 from ..errors import BadRequest
 from . import legacy, names
 from .arguments import check_value
-from .task import TaskSpec
+from .base import LoadContext, ModelFormatHandler
+from .task import TaskSpec, configured_model
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +174,19 @@ def network_builder(section) -> Callable[[], torch.nn.Module] | None:
     resolved = names.Resolved(section["name"], cls)
     args = section.get("args") or {}
     return lambda: names.build(resolved, args, "network")
+
+
+class MmarFormat(ModelFormatHandler):
+    """A Clara MMAR: `config/config_aiaa.json` and `models/model.ts|pt|onnx`."""
+
+    format = ModelFormat.MMAR
+
+    def detect(self, folder: Path) -> bool:
+        return (folder / CONFIG_FILE).is_file()
+
+    def build(self, folder: Path, name: str, context: LoadContext):
+        spec, network = read_mmar(folder)
+        return configured_model(folder, name, self.format, spec, network, context.engines)
+
+    def config_file(self, folder: Path) -> Path:
+        return folder / CONFIG_FILE
