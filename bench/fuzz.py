@@ -172,7 +172,7 @@ def use_session(case, session_id: str) -> None:
 def upload_session(url: str) -> str:
     """A small CT phantom as a session; its id."""
     sys.path[:0] = [str(REPO)]
-    from server.phantoms import make_phantom, write_phantom
+    from aiaa_core.phantoms import make_phantom, write_phantom
 
     with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-image-") as tmp:
         image, _ = write_phantom(make_phantom(31, size=(48, 40, 32), spacing=(6.0, 6.0, 6.0)), Path(tmp), stem="ct")

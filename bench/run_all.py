@@ -36,7 +36,7 @@ from processes import Server, start_aiaa, start_monailabel  # noqa: E402
 from aiaa_core.vocabularies import ENGINES, EngineName  # noqa: E402
 from aiaa_core.evaluation import extreme_points  # noqa: E402
 from server.imageio import to_array  # noqa: E402
-from server.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
 
 FIELD_OF_VIEW_MM = (384.0, 384.0, 250.0)  # an abdominal CT: 512×512 at 0.75 mm, 100 slices of 2.5 mm
 

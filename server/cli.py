@@ -162,7 +162,7 @@ def train(args: argparse.Namespace) -> None:
 
 def phantom(args: argparse.Namespace) -> None:
     """Write a synthetic CT phantom (image + label) for trying the server out."""
-    from .phantoms import make_phantom, write_phantom
+    from aiaa_core.phantoms import make_phantom, write_phantom
 
     ph = make_phantom(args.seed, size=tuple(args.size), spacing=tuple(args.spacing), orientation=args.orientation)
     image, label = write_phantom(ph, Path(args.out), stem=f"phantom{args.seed}", extension=args.format)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, read_mask, to_ijk
 from conftest import LiveServer, start_server
 
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 USER, PASSWORD, TOKEN = "admin", secrets.token_hex(12), secrets.token_hex(16)  # hex: never a leading "-" (argparse)
 AUTH = (USER, PASSWORD)

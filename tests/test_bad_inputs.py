@@ -11,7 +11,7 @@ import pytest
 import requests
 from PIL import Image
 
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 MODEL = "segmentation_spleen"
 

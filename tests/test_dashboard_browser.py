@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, stop_server
 from model_archives import mmar_files, v4_config
 from test_upload_code_execution import installed_the_old_way
 
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 CHROMIUM = Path("/usr/bin/chromium")
 OUTPUT = REPO_ROOT / "test-output"

@@ -17,7 +17,7 @@ from lib.infers import SegmentationSpleen
 from aiaa_core.transforms import RestoreGeometryd
 from server import engines
 from server.imageio import to_array, to_metatensor
-from server.phantoms import LABELS, make_phantom
+from aiaa_core.phantoms import LABELS, make_phantom
 from server.registry import load_app_models
 
 APP_DIR = REPO_ROOT / "apps" / "spleen"

@@ -15,7 +15,7 @@ from server.cli import main
 from server.imageio import to_array
 from server.inference import describe_mask, run_model
 from server.model_formats import load_model
-from server.phantoms import LABELS, make_phantom
+from aiaa_core.phantoms import LABELS, make_phantom
 from server.registry import ServedModel
 from server.settings import REPO_ROOT
 

@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, start_server, stop_server
 
 from server.imageio import to_array
 from server.inference import describe_mask
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from tests.test_model_formats import clara4_config, write_mmar
 
 APP_DIR = REPO_ROOT / "apps" / "spleen"

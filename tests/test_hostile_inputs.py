@@ -30,7 +30,7 @@ from server.budget import MemoryLedger, request_limit
 from server.errors import BadRequest, PayloadTooLarge
 from server.imageio import ImageHeader, read_image
 from server.params import MAX_PARAMS_BYTES, MAX_POINTS
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 SECRET = ("AIAA-SECRET-" + secrets.token_hex(8)).encode()
 BUDGET_MB = 1536  # with the default 2 + 1 workers: 768 MiB for a segmentation, 384 MiB for a click

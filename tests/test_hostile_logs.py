@@ -17,7 +17,7 @@ from conftest import generated_admin, start_server, stop_server
 
 from server import logs
 from server.auth import AdminCredentials, effective_credentials
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 PATIENT = "DOE_JANE_19570101"  # uploads named like a patient: the name must reach no log
 RECORD_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): ")

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 
 from aiaa_core.evaluation import centre_click, dice, extreme_points
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from admin_helpers import start_server_with_admin_file
 from conftest import stop_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 ADMIN = ("ops-admin", "metrics-test-password")
 MODEL = "segmentation_spleen"

@@ -16,7 +16,7 @@ from aiaa_helpers import assert_same_grid, to_ijk
 from conftest import REPO_ROOT, STARTUP_TIMEOUT_S, free_port
 
 from aiaa_core.evaluation import dice, extreme_points
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server.phantoms import LABELS, ORIENTATIONS, Phantom, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, ORIENTATIONS, Phantom, make_phantom, write_phantom
 
 SPLEEN, LIVER, VERTEBRA = LABELS["spleen"], LABELS["liver"], LABELS["vertebra"]
 WIDE = {"size": (120, 120, 100), "spacing": (4.0, 4.0, 4.0)}  # 480 x 480 x 400 mm: room for any rotation

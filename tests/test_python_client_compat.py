@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from aiaa_core.evaluation import dice, extreme_points
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

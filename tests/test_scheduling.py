@@ -23,7 +23,7 @@ from lib.networks import segmentation_network
 from server.app import create_app
 from server.engines import yield_point
 from server.errors import ServiceUnavailable
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from server.registry import ModelRegistry, ServedModel, load_app_models
 from server.scheduler import Lane, Scheduler, Work
 from server.settings import Settings

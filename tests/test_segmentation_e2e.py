@@ -13,7 +13,7 @@ from aiaa_helpers import Files, assert_same_grid, parse_result, post, read_mask,
 
 from aiaa_core.evaluation import dice
 from server.imageio import write_dicom_series
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 MODEL = "segmentation_spleen"
 MIN_DICE = 0.85

@@ -15,7 +15,7 @@ from conftest import start_server, stop_server
 
 from aiaa_core.evaluation import centre_click, dice
 from server.imageio import write_dicom_series
-from server.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from server.sessions import SessionStore
 
 MAX_EXPIRY_S = 30

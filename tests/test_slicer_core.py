@@ -50,7 +50,7 @@ from AIAASegmentLib import (  # noqa: E402
 )
 
 from server.imageio import ras_affine, to_array  # noqa: E402
-from server.phantoms import make_phantom  # noqa: E402
+from aiaa_core.phantoms import make_phantom  # noqa: E402
 
 SHAPE = (20, 18, 16)
 

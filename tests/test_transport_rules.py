@@ -11,7 +11,7 @@ import pytest
 import requests
 from aiaa_helpers import assert_same_grid, parse_result, read_mask
 
-from server.phantoms import make_phantom, write_phantom
+from aiaa_core.phantoms import make_phantom, write_phantom
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from server.phantoms import LABELS
+from aiaa_core.phantoms import LABELS
 
 from .interactive import InteractiveTask
 

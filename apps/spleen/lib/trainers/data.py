@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from tqdm import tqdm
 
 from server.imageio import read_image, to_metatensor
-from server.phantoms import ORIENTATIONS, make_phantom
+from aiaa_core.phantoms import ORIENTATIONS, make_phantom
 
 PHANTOM_FOV_MM = (360.0, 300.0, 220.0)
 VALIDATION_SEED_OFFSET = 100_000  # validation phantoms use seeds from here on, never used in training

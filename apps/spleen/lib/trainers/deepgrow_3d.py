@@ -24,7 +24,7 @@ from aiaa_core.transforms import ZOOM_BOX, crop_box, fit_in_image
 from lib.infers.deepgrow_3d import DeepGrow3D
 from lib.infers.interactive import click_preprocessing
 from lib.networks import deepgrow_network
-from server.phantoms import LABELS
+from aiaa_core.phantoms import LABELS
 
 from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice
 from .loop import fit

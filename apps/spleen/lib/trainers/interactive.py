@@ -20,7 +20,7 @@ import torch
 from aiaa_core.transforms import PointHeatmapsd
 from aiaa_core.transforms import AIR_HU
 from server.imageio import read_image, to_metatensor
-from server.phantoms import LABELS
+from aiaa_core.phantoms import LABELS
 
 from .augment import thick_slices
 from .data import REAL_CASES, VALIDATION_SEED_OFFSET, TrainingObject, objects, phantom_items
