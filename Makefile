@@ -10,12 +10,12 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MODEL_REPO ?= model_repo
 
-.PHONY: venv serve test lint audit browser clean
+.PHONY: venv serve test lint audit browser redis clean
 
 $(STAMP): constraints.txt setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) -e '.[dev,cluster]'
 	$(PIP) --no-deps monailabel==0.8.5
 	touch $(STAMP)
 
@@ -43,7 +43,16 @@ browser:
 	      || echo "apt-get could not install chromium: the dashboard browser test will skip"; \
 	  else echo "no chromium, and no apt-get as root to install it: the dashboard browser test will skip"; fi; }
 
-test: lint browser
+# The cluster tests (issue 15) start Debian's redis-server on a loopback port. Installed here when missing,
+# as root with apt-get; elsewhere say so (those tests then fail with the reason).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server) \
+	      || echo "apt-get could not install redis-server: the cluster tests cannot run"; \
+	  else echo "no redis-server, and no apt-get as root to install it: the cluster tests cannot run"; fi; }
+
+test: lint browser redis
 	$(BIN)/python -m pytest
 
 clean:

@@ -21,7 +21,7 @@ from .origins import register_origin_policy
 from .params import MAX_PARAMS_BYTES
 from .registry import ModelRegistry
 from .scheduler import Scheduler
-from .sessions import SessionStore
+from .session_stores import open_session_store
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         registry = ModelRegistry.open(settings.model_repo, settings.app_dir, settings.app_models, settings.device)
     app.extensions["aiaa.registry"] = registry
     app.extensions["aiaa.admin_credentials"] = effective_credentials(settings.admin_credentials, settings.host)
-    store = SessionStore(
-        settings.session_dir, settings.session_expiry_s, settings.session_max_expiry_s, settings.session_max_bytes
-    )
+    store = open_session_store(settings)  # in memory, or Redis in the cluster mode
     store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
     app.extensions["aiaa.metrics"] = Metrics(registry, store)

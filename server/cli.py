@@ -112,6 +112,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_hosts=split_list(args.allowed_hosts),
         cors_origins=split_list(args.cors_origins),
         session_dir=args.session_dir,
+        redis_url=args.redis,
+        ray_address=args.ray,
         session_expiry_s=args.session_expiry,
         session_max_expiry_s=args.session_max_expiry,
         session_max_bytes=int(args.session_max_mb * 2**20),
@@ -299,6 +301,18 @@ def parser() -> argparse.ArgumentParser:
         help="largest unpacked/packed size ratio of a model archive (compression bombs)",
     )
     p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")
+    p.add_argument(
+        "--redis",
+        default=defaults.redis_url,
+        metavar="URL",
+        help="keep sessions in this Redis (redis://host:port/db; default AIAA_REDIS_URL, else in memory)",
+    )
+    p.add_argument(
+        "--ray",
+        default=defaults.ray_address,
+        metavar="ADDRESS",
+        help="infer on this Ray cluster through Ray Serve (host:port; default AIAA_RAY_ADDRESS, else in-process)",
+    )
     p.add_argument(
         "--session-expiry",
         type=float,

@@ -115,6 +115,10 @@ def _nbytes(value: Any, counted: set[int]) -> int:
 
 
 class SessionStore:
+    """Sessions in this process' memory (the default); `server.session_stores` has the interface and Redis."""
+
+    kind = "memory"
+
     def __init__(self, root: Path, default_expiry_s: float, max_expiry_s: float, max_bytes: int):
         self.root = Path(root)
         self.default_expiry_s, self.max_expiry_s, self.max_bytes = default_expiry_s, max_expiry_s, max_bytes
@@ -195,6 +199,10 @@ class SessionStore:
         """The stored sessions (expired ones included until the reaper removes them), for the dashboard."""
         with self._lock:
             return list(self._sessions.values())
+
+    def describe(self) -> dict:
+        """The store as /ready and the dashboard show it."""
+        return {"kind": self.kind, "sessions": len(self), "bytes": self.used_bytes(), "max_bytes": self.max_bytes}
 
     def reap(self) -> list[str]:
         """Delete every expired session and its files; return their ids."""

@@ -49,6 +49,12 @@ class Settings:
         default_factory=lambda: int(float(os.environ.get("AIAA_MEMORY_BUDGET_MB", 12 * 1024)) * 2**20)
     )
     warm_up: bool = True  # build every engine and infer once before serving
+    # Cluster mode (issue 15, server/session_stores, server/backends): sessions in Redis, inference on Ray Serve.
+    redis_url: str = field(default_factory=lambda: os.environ.get("AIAA_REDIS_URL", ""))  # "": in memory
+    ray_address: str = field(default_factory=lambda: os.environ.get("AIAA_RAY_ADDRESS", ""))  # "": in-process
+    ray_min_replicas: int = 1  # per served model (Ray Serve autoscaling bounds)
+    ray_max_replicas: int = 2
+    ray_sessions_per_replica: int = 16  # sessions one replica keeps prepared (`@serve.multiplexed`)
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
 
