@@ -9,7 +9,6 @@ call anything is refused before it runs) into an allow-listed network; `.onnx` â
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from aiaa_core.vocabularies import EngineName
+from aiaa_core.weights import WeightsRefused, load_state_dict
 
 from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
@@ -69,7 +69,10 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
             f"models/{path.name} is a state dict, so the config must name its network "
             "(a 'network' section with a monai.networks.nets class)."
         )
-    state = load_state_dict(path)
+    try:
+        state = load_state_dict(path)
+    except WeightsRefused as error:
+        raise BadRequest(str(error)) from None
     module = network()
     try:
         module.load_state_dict(state)
@@ -77,22 +80,3 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
         first = str(error).strip().splitlines()[0]
         raise BadRequest(f"models/{path.name} does not fit the config's network: {first}") from None
     return TorchModule(module), EngineName.TORCH
-
-
-def load_state_dict(path: Path) -> dict:
-    """`torch.load(weights_only=True)`: only tensors and plain containers are unpickled, nothing is called."""
-    try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = str(error).strip().splitlines()[0][:200]
-        raise BadRequest(f"models/{path.name} was refused: it is not a plain weights file ({detail}).") from None
-    except Exception as error:  # noqa: BLE001 - corrupt or truncated files
-        raise BadRequest(f"models/{path.name} is not a readable PyTorch checkpoint: {error}") from None
-    if isinstance(checkpoint, dict):
-        for key in ("model", "state_dict", "model_state_dict"):  # MONAI Label / Ignite checkpoint layouts
-            if isinstance(checkpoint.get(key), dict):
-                checkpoint = checkpoint[key]
-                break
-    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        raise BadRequest(f"models/{path.name} does not hold a state dict (name â†’ tensor).")
-    return checkpoint

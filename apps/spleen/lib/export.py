@@ -35,7 +35,7 @@ from aiaa_core import transforms as app_transforms
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
-from server.model_formats.weights import load_state_dict
+from aiaa_core.weights import load_state_dict
 
 FORMATS = UPLOAD_FORMATS
 OWN = "aiaa.transforms."  # the prefix under which the server's allow-list knows the app's transforms
