@@ -42,9 +42,10 @@ APP = REPO / "apps" / "spleen"
 sys.path[:0] = [str(REPO), str(APP)]
 
 from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
-from server.imageio import read_image, to_array  # noqa: E402
-from server.inference import run_model  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.volumes import to_array  # noqa: E402
+from server.image_reading import read_image  # noqa: E402
+from server.inference import run_model  # noqa: E402
 from server.registry import ServedModel, app_model  # noqa: E402
 
 SHARED_DATA = REPO.parent / "shared" / "data"

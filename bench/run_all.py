@@ -33,10 +33,10 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen"), str(REPO / "bench")]
 from engines import engines_table, measure_engines  # noqa: E402
 from processes import Server, start_aiaa, start_monailabel  # noqa: E402
 
-from aiaa_core.vocabularies import ENGINES, EngineName  # noqa: E402
 from aiaa_core.evaluation import extreme_points  # noqa: E402
-from server.imageio import to_array  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.vocabularies import ENGINES, EngineName  # noqa: E402
+from aiaa_core.volumes import to_array  # noqa: E402
 
 FIELD_OF_VIEW_MM = (384.0, 384.0, 250.0)  # an abdominal CT: 512×512 at 0.75 mm, 100 slices of 2.5 mm
 

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 
 from aiaa_core.evaluation import dice  # noqa: E402
-from lib.trainers.data import REAL_CASES, read_case  # noqa: E402
-from server.imageio import to_array  # noqa: E402
-from server.inference import run_model  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.volumes import to_array  # noqa: E402
+from lib.trainers.data import REAL_CASES, read_case  # noqa: E402
+from server.inference import run_model  # noqa: E402
 from server.registry import app_model, load_app_models  # noqa: E402
 
 SPLEEN = 1

@@ -42,8 +42,8 @@ import processes  # noqa: E402
 from run_all import Client, click_sets, load, machine, percentile  # noqa: E402
 
 from aiaa_core.evaluation import extreme_points  # noqa: E402
-from server.imageio import to_array  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.volumes import to_array  # noqa: E402
 
 SIZES = ((192, 192, 64), (256, 256, 80), (224, 224, 96))  # voxels; field of view as an abdominal CT
 FIELD_OF_VIEW_MM = (384.0, 384.0, 250.0)

@@ -4,7 +4,9 @@ An upload is untrusted. Every member is checked before it is written: no absolut
 symbolic or hard links, no devices or FIFOs, at most N files and M bytes unpacked, no compression-ratio
 bombs; bytes are counted again while extracting because headers can lie. Any violation refuses the whole
 archive with a 4xx that names the member and the reason: a hostile archive is never "sanitised" and
-installed. Tar members are extracted through `tarfile`'s "data" filter on top of these checks.
+installed. Tar members are extracted through `tarfile`'s "data" filter on top of these checks. Reading a
+ZIP's members (`open_zip`, `copy_member`: bytes counted as they inflate) is shared with DICOM uploads
+(`server.dicom_reading`), which skip rather than refuse odd members because they never use member names.
 
 The result is one folder in canonical layout: MMAR (`config/config_aiaa.json`, `models/model.ts|pt|onnx`)
 or MONAI bundle (`configs/...`, `models/...`). Nothing in it is ever imported; a `custom/` folder (MMAR
@@ -13,6 +15,7 @@ Python code) is dropped with a warning.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -22,12 +25,14 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from aiaa_core.vocabularies import ModelFormat
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import ApiError, BadRequest, PayloadTooLarge
 from .registry import MARKER, TOMBSTONE
 
 logger = logging.getLogger(__name__)
@@ -147,11 +152,47 @@ def torch_zip_kind(path: Path) -> str | None:
     return "ts" if f"{top}/constants.pkl" in names or any(n.startswith(f"{top}/code/") for n in names) else "pt"
 
 
-def unpack_zip(path: Path, dest: Path, archive: str, limits: ArchiveLimits) -> None:
+ENCRYPTED = "is password-protected"
+UNSUPPORTED_METHOD = "uses a compression method this server cannot read"
+
+
+def open_zip(path: Path, archive: str) -> zipfile.ZipFile:
+    """`path` as a ZIP, or the 400 saying that `archive` (the client's name) is damaged."""
     try:
-        zf = zipfile.ZipFile(path)
+        return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise damaged(archive, "ZIP") from None
+
+
+def copy_member(
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    dst: BinaryIO,
+    archive: str,
+    count: Callable[[int], None],
+    refusal: Callable[[str], ApiError],
+) -> None:
+    """Stream one member into `dst`, passing each chunk's size to `count` before writing it.
+
+    `count` raises at a limit: the sizes in a ZIP's headers can lie, so bytes are counted as they inflate.
+    A damaged member is `damaged(archive)`; one that cannot be read here is `refusal(ENCRYPTED)` or
+    `refusal(UNSUPPORTED_METHOD)`. Model installs and DICOM uploads (`server.dicom_reading`) share it.
+    """
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(_CHUNK):
+                count(len(chunk))
+                dst.write(chunk)
+    except RuntimeError:  # zipfile: "File ... is encrypted, password required"
+        raise refusal(ENCRYPTED) from None
+    except NotImplementedError:
+        raise refusal(UNSUPPORTED_METHOD) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
+        raise damaged(archive, "ZIP") from None
+
+
+def unpack_zip(path: Path, dest: Path, archive: str, limits: ArchiveLimits) -> None:
+    zf = open_zip(path, archive)
     budget = _Budget(archive, path.stat().st_size, limits)
     with zf:
         infos = zf.infolist()
@@ -165,7 +206,7 @@ def unpack_zip(path: Path, dest: Path, archive: str, limits: ArchiveLimits) -> N
             if info.create_system == 3 and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise refuse(archive, info.filename, "is a device, FIFO or socket, not a file")
             if info.flag_bits & 0x1:
-                raise refuse(archive, info.filename, "is password-protected")
+                raise refuse(archive, info.filename, ENCRYPTED)
             if rel is None or info.is_dir():
                 continue
             files += 1
@@ -182,15 +223,15 @@ def unpack_zip(path: Path, dest: Path, archive: str, limits: ArchiveLimits) -> N
                 _mkdir(target, archive, info.filename)
                 continue
             _mkdir(target.parent, archive, info.filename)
-            try:
-                with zf.open(info) as src, _create(target, archive, info.filename) as dst:
-                    while chunk := src.read(_CHUNK):
-                        budget.add_bytes(info.filename, len(chunk))
-                        dst.write(chunk)
-            except NotImplementedError:
-                raise refuse(archive, info.filename, "uses a compression method this server cannot read") from None
-            except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
-                raise damaged(archive, "ZIP") from None
+            with _create(target, archive, info.filename) as dst:
+                copy_member(
+                    zf,
+                    info,
+                    dst,
+                    archive,
+                    functools.partial(budget.add_bytes, info.filename),
+                    functools.partial(refuse, archive, info.filename),
+                )
 
 
 def unpack_tar(path: Path, dest: Path, archive: str, limits: ArchiveLimits, packed_bytes: int) -> None:

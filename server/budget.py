@@ -6,7 +6,7 @@ upload is not enough: each request gets a `MemoryLedger` holding its share of th
 (`memory_budget_bytes` shared by the scheduler's workers, see `request_limit`), and charges it, before
 allocating, with
 
-* the decoded image, from its header (`imageio.read_image` charges it before decoding pixels), and
+* the decoded image, from its header (`image_reading.read_image` charges it before decoding pixels), and
 * the model's pipeline, from the image's grid and the task's pre-transforms (`pipeline_bytes`): the
   transforms are walked for the grids they create (Orientation, Spacing, Resize, Zoom, pads, crops), so
   the estimate needs no allocation and costs microseconds (the click path stays fast).
@@ -32,7 +32,7 @@ import numpy as np
 from monai import transforms as mt
 
 from .errors import PayloadTooLarge
-from .imageio import ImageHeader
+from .image_headers import ImageHeader
 
 logger = logging.getLogger(__name__)
 

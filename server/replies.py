@@ -14,7 +14,7 @@ from requests_toolbelt import MultipartEncoder
 
 from . import params as checked
 from .errors import BadRequest
-from .imageio import MASK_EXTENSIONS, encode_mask
+from .mask_writing import MASK_EXTENSIONS, encode_mask
 
 OUTPUTS = ("multipart", "image", "json")
 

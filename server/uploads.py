@@ -11,7 +11,8 @@ from flask import current_app, request
 
 from .budget import MemoryLedger, Plan, request_limit
 from .errors import BadRequest
-from .imageio import read_image, upload_basename
+from .image_names import upload_basename
+from .image_reading import read_image
 from .params import parse_params, query_text
 
 SERIES_PART = re.compile(r"image\d+$")

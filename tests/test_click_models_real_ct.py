@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 
 from aiaa_core.evaluation import centre_click, dice, extreme_points
-from server.imageio import read_image
+from server.image_reading import read_image
 
 pytestmark = pytest.mark.realdata
 

@@ -13,11 +13,10 @@ import torch
 from monai.data import MetaTensor
 
 from aiaa_core.evaluation import dice
+from aiaa_core.transforms import AIR_HU, CropAroundPointsd, resize_logits, resize_region
+from aiaa_core.volumes import to_array
 from lib.infers import DeepGrow3D, ExtremePoints
 from lib.infers.interactive import touched_faces, zoomed_box
-from aiaa_core.transforms import CropAroundPointsd
-from aiaa_core.transforms import AIR_HU, resize_logits, resize_region
-from server.imageio import to_array
 from server.inference import run_model
 from server.registry import ServedModel
 

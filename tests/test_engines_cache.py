@@ -11,9 +11,9 @@ import torch
 from conftest import REPO_ROOT
 
 from aiaa_core.evaluation import centre_click, extreme_points
-from server import inference
-from server.imageio import to_array
 from aiaa_core.phantoms import LABELS, make_phantom
+from aiaa_core.volumes import to_array
+from server import inference
 from server.registry import load_app_models
 from server.sessions import Session
 

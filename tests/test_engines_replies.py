@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server.imageio import _geometry, _nifti_header, _write, encode_mask, to_array
+from aiaa_core.volumes import to_array
+from server.mask_writing import _geometry, _nifti_header, _write, encode_mask
 
 
 def reference(size, direction=None) -> sitk.Image:

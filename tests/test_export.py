@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aiaa_core.phantoms import LABELS, make_phantom
+from aiaa_core.volumes import to_array
 from server.cli import main
-from server.imageio import to_array
 from server.inference import describe_mask, run_model
 from server.model_formats import load_model
-from aiaa_core.phantoms import LABELS, make_phantom
 from server.registry import ServedModel
 from server.settings import REPO_ROOT
 

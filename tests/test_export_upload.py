@@ -14,9 +14,9 @@ import requests
 from admin_helpers import ADMIN_ENV, archive_part, mask_reply, phantom_file, put_model, segment, served
 from conftest import REPO_ROOT, start_server, stop_server
 
-from server.imageio import to_array
-from server.inference import describe_mask
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.volumes import to_array
+from server.inference import describe_mask
 from tests.test_model_formats import clara4_config, write_mmar
 
 APP_DIR = REPO_ROOT / "apps" / "spleen"

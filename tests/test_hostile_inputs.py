@@ -26,11 +26,12 @@ from conftest import start_server, stop_server
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from aiaa_core.phantoms import make_phantom, write_phantom
 from server.budget import MemoryLedger, request_limit
 from server.errors import BadRequest, PayloadTooLarge
-from server.imageio import ImageHeader, read_image
+from server.image_headers import ImageHeader
+from server.image_reading import read_image
 from server.params import MAX_PARAMS_BYTES, MAX_POINTS
-from aiaa_core.phantoms import make_phantom, write_phantom
 
 SECRET = ("AIAA-SECRET-" + secrets.token_hex(8)).encode()
 BUDGET_MB = 1536  # with the default 2 + 1 workers: 768 MiB for a segmentation, 384 MiB for a click
@@ -346,8 +347,8 @@ def test_planned_grids_match_what_monai_allocates(direction):
     anything large): orientation permutes, spacing resamples, resize and pads set the shape."""
     from monai import transforms as mt
 
+    from aiaa_core.volumes import to_metatensor
     from server.budget import image_grid, plan
-    from server.imageio import to_metatensor
 
     image = sitk.Image([10, 20, 30], sitk.sitkInt16)
     image.SetSpacing((1.0, 1.5, 2.0))

@@ -12,11 +12,11 @@ import torch
 from monai.networks.nets import UNet
 
 from aiaa_core.mask_geometry import dice
+from aiaa_core.phantoms import make_phantom
+from aiaa_core.volumes import to_array, to_metatensor
 from server.errors import BadRequest
-from server.imageio import to_array, to_metatensor
 from server.inference import run_model
 from server.model_formats import load_model
-from aiaa_core.phantoms import make_phantom
 
 HU_THRESHOLD = 40.0  # the threshold network's mask: voxels brighter than this, in the config's CT window
 CT_WINDOW = {"a_min": -160.0, "a_max": 240.0, "b_min": 0.0, "b_max": 1.0, "clip": True}

@@ -15,9 +15,9 @@ from scipy import ndimage
 from skimage import draw
 
 from aiaa_core.mask_geometry import dice
+from aiaa_core.volumes import to_array
 from server.app import create_app
 from server.blueprints import polygons as polygons_blueprint
-from server.imageio import to_array
 from server.polygons import (
     fill_polygon,
     fix_polygon,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from aiaa_helpers import Files, assert_same_grid, parse_result, post, read_mask, to_ijk
+from image_fixtures import write_dicom_series
 
 from aiaa_core.evaluation import dice
-from server.imageio import write_dicom_series
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 MODEL = "segmentation_spleen"

@@ -12,9 +12,9 @@ import SimpleITK as sitk
 import torch
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 from conftest import start_server, stop_server
+from image_fixtures import write_dicom_series
 
 from aiaa_core.evaluation import centre_click, dice
-from server.imageio import write_dicom_series
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from server.sessions import SessionStore
 

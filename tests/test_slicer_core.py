@@ -49,8 +49,8 @@ from AIAASegmentLib import (  # noqa: E402
     write_nifti,
 )
 
-from server.imageio import ras_affine, to_array  # noqa: E402
 from aiaa_core.phantoms import make_phantom  # noqa: E402
+from aiaa_core.volumes import ras_affine, to_array  # noqa: E402
 
 SHAPE = (20, 18, 16)
 

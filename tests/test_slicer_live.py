@@ -34,8 +34,8 @@ from AIAASegmentLib import (  # noqa: E402
 from conftest import free_port  # noqa: E402
 
 from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
-from server.imageio import ras_affine, to_array  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
+from aiaa_core.volumes import ras_affine, to_array  # noqa: E402
 
 MIN_DICE = 0.8  # the app's own targets are higher; here a mask on wrong voxels would score near 0
 MIN_INSIDE = 0.6  # share of a deepgrow mask inside the clicked structure
