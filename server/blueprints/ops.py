@@ -61,7 +61,17 @@ def ready():
         )
         raise ServiceUnavailable(f"Not ready: {len(waiting)} of {len(models)} models are not loaded: {states}.")
     refused = [item["name"] for item in refused_models(registry)]
-    return jsonify({"status": "ready", "models": [m["name"] for m in models], "refused": refused})
+    reply = {"status": "ready", "models": [m["name"] for m in models], "refused": refused}
+    return jsonify({**reply, **cluster_state()})
+
+
+def cluster_state() -> dict:
+    """Where sessions live and where models run (the cluster mode: Redis, Ray Serve replicas)."""
+    state = {"store": current_app.extensions["aiaa.sessions"].describe()}
+    backend = current_app.extensions.get("aiaa.backend")
+    if backend is not None:
+        state["backend"] = backend.describe()
+    return state
 
 
 @bp.get("/metrics")
