@@ -159,7 +159,7 @@ class ConfiguredTask(BasicInferTask):
     def prepare(self, image) -> dict:
         """The point-independent pre-processing of `image` (a decoded channel-first MetaTensor), which the
         server keeps in the session; later steps only read it."""
-        return run_transforms({self.input_key: image}, self._point_free, log_prefix="PREP")
+        return run_transforms({"image": image}, self._point_free, log_prefix="PREP")  # as a request carries it
 
     def run_pre_transforms(self, data, transforms):
         prepared = data.pop(PREPARED, None)
