@@ -8,17 +8,15 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 
+from aiaa_core.engines import EngineSettings, build_engine, resolve_engine  # noqa: E402
 from aiaa_core.vocabularies import ENGINES  # noqa: E402
-from server.engines import build_engine, engine_threads, resolve_engine  # noqa: E402
 from server.registry import load_app_models  # noqa: E402
 
 
@@ -46,7 +44,7 @@ def measure_engines(repeats: int = 5) -> list[dict]:
 
 def engines_table(rows: list[dict]) -> str:
     lines = [
-        f"Median forward seconds of one network input, {engine_threads()} threads "
+        f"Median forward seconds of one network input, {EngineSettings().inference_threads()} threads "
         f"(`auto` here resolves to {resolve_engine('auto')}).",
         "",
         "| model | input (C×X×Y×Z) | " + " | ".join(ENGINES) + " | fastest | auto |",

@@ -1,8 +1,14 @@
-"""The Flask application factory: settings in, a WSGI app with its blueprints and JSON errors out."""
+"""The Flask application factory: settings in, a WSGI app with its blueprints and JSON errors out.
+
+`create_app` builds and starts nothing that runs on its own: no thread, no process-wide setting. Two apps
+with different settings live side by side in one process. `start_background(app)` starts the app's
+background work (the session reaper); `aiaa serve` calls it, as do tests that serve an app in-process.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from flask import Flask, g, jsonify, request
@@ -10,7 +16,8 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import engines
+from aiaa_core.engines import EngineSettings
+
 from .auth import effective_credentials
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
@@ -37,17 +44,23 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     # below, server/params.py answers with its own precise 400.
     app.config["MAX_FORM_MEMORY_SIZE"] = 2 * MAX_PARAMS_BYTES
     app.url_map.strict_slashes = False  # the AIAA clients do not follow redirects
-    engines.configure(settings.engine, settings.model_engines, settings.inference_threads)
+    engines = engine_settings(settings)
+    app.extensions["aiaa.engines"] = engines
     if registry is None:
-        registry = ModelRegistry.open(settings.model_repo, settings.app_dir, settings.app_models, settings.device)
+        registry = ModelRegistry.open(
+            settings.model_repo, settings.app_dir, settings.app_models, settings.device, engines
+        )
     app.extensions["aiaa.registry"] = registry
     app.extensions["aiaa.admin_credentials"] = effective_credentials(settings.admin_credentials, settings.host)
     store = open_session_store(settings)  # in memory, or Redis in the cluster mode
-    store.start_reaper(settings.session_reap_interval_s)
     app.extensions["aiaa.sessions"] = store
     app.extensions["aiaa.metrics"] = Metrics(registry, store)
     app.extensions["aiaa.scheduler"] = Scheduler(
-        settings.interactive_workers, settings.interactive_queue, settings.batch_workers, settings.batch_queue
+        settings.interactive_workers,
+        settings.interactive_queue,
+        settings.batch_workers,
+        settings.batch_queue,
+        threads=settings.inference_threads,
     )
     if settings.warm_up:
         warm_up(registry.list(), settings.device)
@@ -69,6 +82,21 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     if settings.url_prefix:
         app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {settings.url_prefix.rstrip("/"): app.wsgi_app})
     return app
+
+
+def engine_settings(settings: Settings) -> EngineSettings:
+    """The server's engine choices (`--engine`, `--model-engine`, `--inference-threads`) for the models it builds."""
+    return EngineSettings(settings.engine, settings.model_engines, settings.inference_threads)
+
+
+def start_background(app: Flask) -> list[threading.Thread]:
+    """Start the app's background threads (the session reaper), once; return those started now."""
+    if app.extensions.get("aiaa.background") is not None:
+        return []
+    settings = app.config["SETTINGS"]
+    started = [app.extensions["aiaa.sessions"].start_reaper(settings.session_reap_interval_s)]
+    app.extensions["aiaa.background"] = started
+    return started
 
 
 def too_large_message(limit: int) -> str:

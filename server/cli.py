@@ -76,15 +76,19 @@ def waitress_options(settings: Settings) -> dict:
 
 def serve(args: argparse.Namespace) -> None:
     """Start the production WSGI server (waitress) with the app's default models."""
+    import torch
     import waitress
 
-    from .app import create_app
+    from .app import create_app, engine_settings, start_background
     from .logs import configure_logging
 
     settings = settings_from_args(args)
     log_file = configure_logging(settings.log_dir)
-    return_large_buffers_to_the_os()  # a process-wide C library setting: set once, where the process starts
+    # Process-wide settings, set once where the process starts: the C library's, PyTorch's threads.
+    return_large_buffers_to_the_os()
+    torch.set_num_threads(engine_settings(settings).inference_threads())
     app = create_app(settings)
+    start_background(app)  # the session reaper
     logger.info(
         "AIAA server on http://%s:%d (model repo %s, log %s)",
         settings.host,
@@ -221,7 +225,7 @@ def add_connection_arguments(p: argparse.ArgumentParser, defaults: Settings) -> 
 
 
 def add_inference_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:
-    """Engines and scheduling (server/engines.py, server/scheduler.py)."""
+    """Engines and scheduling (aiaa_core/engines.py, server/scheduler.py)."""
     p.add_argument("--engine", default=defaults.engine, choices=ENGINE_CHOICES, help="what runs the networks")
     p.add_argument(
         "--model-engine",

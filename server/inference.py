@@ -17,13 +17,13 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from aiaa_core.engines import PACING, Pacing
 from aiaa_core.keys import PRED_BOX, PREPARED
 from aiaa_core.mask_geometry import extreme_points, occupied_range
 from aiaa_core.vocabularies import ModelType
+from aiaa_core.volumes import to_metatensor
 
-from .engines import yield_point
-from .imageio import to_metatensor
-from .registry import ServedModel
+from .served_model import ServedModel
 from .sessions import Session
 
 logger = logging.getLogger(__name__)
@@ -42,14 +42,22 @@ def image_inputs(model: ServedModel, image: sitk.Image, session: Session | None 
 
 
 def run_model(
-    model: ServedModel, image: sitk.Image, params: dict, device: str = "cpu", session: Session | None = None
+    model: ServedModel,
+    image: sitk.Image,
+    params: dict,
+    device: str = "cpu",
+    session: Session | None = None,
+    pacing: Pacing | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Infer; return the mask in [i, j, k] order on the image's grid, and the result params."""
+    """Infer; return the mask in [i, j, k] order on the image's grid, and the result params.
+
+    `pacing` (the scheduler slot's) is checked in with between steps and handed to the task's engine."""
+    pacing = pacing or Pacing()
     started = time.perf_counter()
     inputs = image_inputs(model, image, session)
     prepared = time.perf_counter()
-    yield_point()
-    _, data = model.task({**params, **inputs, "skip_writer": True, "device": device})
+    pacing.checkpoint()
+    _, data = model.task({**params, **inputs, "skip_writer": True, "device": device, PACING: pacing})
     inferred = time.perf_counter()
     mask = np.asarray(data[model.task.output_label_key])
     if mask.ndim == 4:
@@ -63,7 +71,7 @@ def run_model(
         "infer": round(inferred - prepared, 4),
         "describe": round(time.perf_counter() - inferred, 4),
     }
-    yield_point()
+    pacing.checkpoint()
     return mask, result
 
 

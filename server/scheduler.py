@@ -6,9 +6,11 @@ finds its lane's queue full gets 503 with `Retry-After` (an estimate from the la
 times) instead of waiting without end.
 
 Both lanes share the same cores, so priority is cooperative: batch work checks in between steps (every
-sliding-window patch, through the engines' yield hook, and between pre-processing, inference and
-encoding) and pauses there while any interactive request is queued or running. A pause is capped
-(`max_pause_s`) so a stream of clicks cannot starve a segmentation for ever.
+sliding-window patch and between pre-processing, inference and encoding, through the `Pacing` its slot
+hands out, which the request carries to the engines) and pauses there while any interactive request is
+queued or running. A pause is capped (`max_pause_s`) so a stream of clicks cannot starve a segmentation
+for ever. The same `Pacing` shares the inference threads among the forwards running at once
+(`aiaa_core.engines.ThreadShare`, one per scheduler).
 
 Everything that allocates images runs in a lane (inference with its upload's decoding, a session's
 decoding as `Work.DECODE`), so at most `interactive_workers + batch_workers` requests hold memory at once,
@@ -22,11 +24,12 @@ import math
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 
+from aiaa_core.engines import Pacing, ThreadShare
 from aiaa_core.vocabularies import ModelType
 
-from .engines import yield_hook
 from .errors import ServiceUnavailable
 
 
@@ -90,6 +93,20 @@ class Lane:
                 on_change()
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A held worker slot: its lane, the seconds spent queueing, and how the request's forwards run."""
+
+    lane: Lane
+    queued_s: float
+    pacing: Pacing
+
+    @property
+    def batch(self) -> bool:
+        """Whether it runs in the batch lane (and so gets a batch worker's share of the memory budget)."""
+        return self.lane.name == "batch"
+
+
 class Scheduler:
     """Runs each inference in its lane; batch work yields to interactive work between steps."""
 
@@ -100,28 +117,33 @@ class Scheduler:
         batch_workers: int = 1,
         batch_queue: int = 4,
         max_pause_s: float = 5.0,
+        threads: int = 0,
     ):
         self.interactive = Lane("interactive", interactive_workers, interactive_queue)
         self.batch = Lane("batch", batch_workers, batch_queue)
         self.max_pause_s = max_pause_s
         self._interactive_changed = threading.Condition()
         self.pauses = 0  # batch check-ins that had to wait for interactive work (observable in tests)
+        self.threads = ThreadShare(threads)  # threads per inference (0: the cores), shared by those running
+        self.interactive_pacing = Pacing(share=self.threads)
+        # Batch work's pacing; also for work that holds no slot but lets clicks pass (an install's test inference).
+        self.batch_pacing = Pacing(self.checkpoint, self.threads)
 
     def lane_for(self, model_type: str) -> Lane:
         return self.interactive if model_type in INTERACTIVE_TYPES else self.batch
 
     @contextlib.contextmanager
-    def run(self, model_type: str) -> Iterator[float]:
-        """Hold a slot in the model type's lane for the block; yields the seconds spent queueing.
+    def run(self, model_type: str) -> Iterator[Slot]:
+        """Hold a slot in the model type's lane for the block.
 
-        Inside a batch block every engine forward first checks in (`checkpoint`)."""
+        A batch slot's `pacing` checks in (`checkpoint`) before every engine forward of its request."""
         lane = self.lane_for(model_type)
         if lane is self.interactive:
             with lane.slot(on_change=self._notify) as queued:
-                yield queued
+                yield Slot(lane, queued, self.interactive_pacing)
             return
-        with lane.slot() as queued, yield_hook(self.checkpoint):
-            yield queued
+        with lane.slot() as queued:
+            yield Slot(lane, queued, self.batch_pacing)
 
     def checkpoint(self) -> None:
         """Pause batch work while interactive requests are queued or running (at most `max_pause_s`)."""

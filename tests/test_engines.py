@@ -1,6 +1,8 @@
 """Engines: TorchScript and ONNX Runtime give eager PyTorch's masks; exports are cached by content; the model
-object's `engine` key tells what really runs; the app's segmentation post-processing (resampled only around
-the object) gives the same mask as MONAI's full inversion."""
+object's `engine` key tells what really runs; the engine settings are passed in (no process-wide state) and
+reach the app's tasks through its MONAI Label conf; a request's pacing is called before every forward; the
+app's segmentation post-processing (resampled only around the object) gives the same mask as MONAI's full
+inversion."""
 
 from __future__ import annotations
 
@@ -12,25 +14,27 @@ import torch
 from conftest import REPO_ROOT
 from monai.transforms import AsDiscreted, EnsureTyped, KeepLargestConnectedComponentd
 
+from aiaa_core import engines
 from aiaa_core.evaluation import dice
-from lib.infers import SegmentationSpleen
-from aiaa_core.transforms import RestoreGeometryd
-from server import engines
-from server.imageio import to_array, to_metatensor
 from aiaa_core.phantoms import LABELS, make_phantom
+from aiaa_core.transforms import RestoreGeometryd
+from aiaa_core.volumes import to_array, to_metatensor
+from lib.infers import SegmentationSpleen
+from server.app_loader import app_configs
 from server.registry import load_app_models
 
 APP_DIR = REPO_ROOT / "apps" / "spleen"
 
 
 @pytest.fixture
-def engine_cache(tmp_path):
-    """A private export cache and default engine settings; the process-wide settings are restored after."""
-    saved = engines.current
-    engines.configure(cache_dir=tmp_path / "engines")
-    yield tmp_path / "engines"
-    engines.current = saved
-    torch.set_num_threads(engines.engine_threads())
+def engine_cache(tmp_path) -> engines.EngineSettings:
+    """Default engine settings with a private export cache (passed to what builds: nothing to restore)."""
+    return engines.EngineSettings(cache_dir=tmp_path / "engines")
+
+
+def app_task(name: str, conf: dict[str, str]):
+    """The app's task for `name`, built by its config class from a MONAI Label conf (as the server builds it)."""
+    return app_configs(APP_DIR).load_configs(str(APP_DIR / "model"), {**conf, "models": name})[name].infer()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +67,7 @@ def test_engine_gives_eager_torchs_mask(engine_cache, models, phantom, name):
     x = windowed_ct(phantom)
     with torch.no_grad():
         expected = network(x)
-    engine = engines.build_engine(network, name, (1, 48, 48, 48))  # exported at 48³, run at another size
+    engine = engines.build_engine(network, name, (1, 48, 48, 48), settings=engine_cache)  # exported at 48³
     assert engine.engine == name
     got = engine(x)
     assert got.shape == expected.shape
@@ -75,16 +79,16 @@ def test_engine_gives_eager_torchs_mask(engine_cache, models, phantom, name):
 
 def test_export_is_cached_by_content(engine_cache, models):
     network = trained_network(models["deepgrow_3d"])
-    engines.build_engine(network, "onnxruntime", (3, 32, 32, 32))
-    exports = list(engine_cache.glob("*.onnx"))
+    engines.build_engine(network, "onnxruntime", (3, 32, 32, 32), settings=engine_cache)
+    exports = list(engine_cache.cache_dir.glob("*.onnx"))
     assert len(exports) == 1
     stamp = exports[0].stat().st_mtime_ns
-    same = engines.build_engine(copy.deepcopy(network), "onnxruntime", (3, 32, 32, 32))
-    assert list(engine_cache.glob("*.onnx")) == exports and exports[0].stat().st_mtime_ns >= stamp
+    same = engines.build_engine(copy.deepcopy(network), "onnxruntime", (3, 32, 32, 32), settings=engine_cache)
+    assert list(engine_cache.cache_dir.glob("*.onnx")) == exports and exports[0].stat().st_mtime_ns >= stamp
     with torch.no_grad():
         next(network.parameters()).add_(0.01)  # new weights: a new export
-    engines.build_engine(network, "onnxruntime", (3, 32, 32, 32))
-    assert len(list(engine_cache.glob("*.onnx"))) == 2
+    engines.build_engine(network, "onnxruntime", (3, 32, 32, 32), settings=engine_cache)
+    assert len(list(engine_cache.cache_dir.glob("*.onnx"))) == 2
     assert same.engine == "onnxruntime"
 
 
@@ -101,26 +105,66 @@ def test_onnx_module_from_bytes_and_path(engine_cache, tmp_path):
         torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_engine_choice_order(engine_cache):
+def test_engine_choice_order():
     assert engines.resolve_engine("auto", "cpu") == "onnxruntime"
     assert engines.resolve_engine("auto", "cuda:0") == "torch"
-    engines.configure("torchscript", {"deepgrow_3d": "torch"}, cache_dir=engine_cache)
-    assert engines.resolve_engine("auto", "cpu", "deepgrow_3d") == "torch"  # the server's per-model choice
-    assert engines.resolve_engine("auto", "cpu", "extreme_points") == "torchscript"  # the server's default
-    assert engines.resolve_engine("onnxruntime", "cpu", "deepgrow_3d") == "onnxruntime"  # the model's own config
+    settings = engines.EngineSettings("torchscript", {"deepgrow_3d": "torch"})
+    assert engines.resolve_engine("auto", "cpu", "deepgrow_3d", settings) == "torch"  # the server's per-model choice
+    assert engines.resolve_engine("auto", "cpu", "extreme_points", settings) == "torchscript"  # the server's default
+    assert engines.resolve_engine("onnxruntime", "cpu", "deepgrow_3d", settings) == "onnxruntime"  # explicit
+    assert engines.resolve_engine("auto", "cpu", "deepgrow_3d") == "onnxruntime"  # no settings: no hidden ones
     with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
         engines.check_engine("tensorrt")
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
+        engines.EngineSettings(per_model={"deepgrow_3d": "tensorrt"})
+
+
+def test_settings_round_trip_through_the_app_conf(tmp_path):
+    settings = engines.EngineSettings("torchscript", {"deepgrow_3d": "torch"}, threads=3, cache_dir=tmp_path)
+    conf = settings.app_conf("cpu")
+    assert all(isinstance(value, str) for value in conf.values())  # MONAI Label conf values are strings
+    assert engines.EngineSettings.from_conf(conf, "deepgrow_3d") == settings
+    assert engines.EngineSettings.from_conf(conf, "extreme_points").choice("extreme_points") == "torchscript"
+    assert engines.EngineSettings.from_conf({}) == engines.EngineSettings()  # stock MONAI Label: the defaults
 
 
 def test_the_engine_key_tells_what_runs(engine_cache, models, phantom):
     model = models["extreme_points"]
     assert model.info()["engine"] == "onnxruntime"
-    engines.configure(per_model={"extreme_points": "torch"}, cache_dir=engine_cache)
-    fresh = load_app_models(APP_DIR, "extreme_points")[0]
-    assert fresh.info()["engine"] == "torch"
-    fresh.task.warm_up()
-    assert isinstance(fresh.task._get_network("cpu", None), engines.TorchModule)
-    assert fresh.info()["engine"] == "torch"
+    conf = engines.EngineSettings(per_model={"extreme_points": "torch"}, cache_dir=engine_cache.cache_dir)
+    fresh = app_task("extreme_points", conf.app_conf("cpu"))
+    assert fresh.engine == "torch"
+    fresh.warm_up()
+    assert isinstance(fresh._get_network("cpu", None), engines.TorchModule)
+    assert fresh.engine == "torch"
+
+
+def test_app_tasks_read_device_and_engine_from_the_conf(tmp_path):
+    """The app's tasks do not look for CUDA themselves: the server's device setting decides."""
+    settings = engines.EngineSettings("torchscript", threads=1, cache_dir=tmp_path)
+    on_cuda = app_task("deepgrow_3d", settings.app_conf("cuda:0"))  # no GPU needed: nothing is built
+    on_cpu = app_task("deepgrow_3d", settings.app_conf("cpu"))
+    assert (on_cuda.device, on_cpu.device) == ("cuda:0", "cpu")
+    assert on_cuda.engine == on_cpu.engine == "torchscript"
+    assert on_cpu.engines.threads == 1 and on_cpu.engines.cache_dir == tmp_path
+    stock = app_task("deepgrow_3d", {})  # stock `monailabel start_server`: MONAI Label's device rule, `auto`
+    assert stock.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert stock.engine == engines.resolve_engine("auto", stock.device)
+
+
+def test_a_request_pacing_is_called_before_every_forward(engine_cache, models):
+    network = trained_network(models["deepgrow_3d"])
+    engine = engines.build_engine(network, "onnxruntime", (3, 32, 32, 32), settings=engine_cache)
+    calls, share = [], engines.ThreadShare(4)
+    pacing = engines.Pacing(lambda: calls.append(share.running), share)
+    request = {engines.PACING: pacing}
+    paced = engines.paced(engine, request)
+    assert paced.engine == "onnxruntime" and engines.paced(engine, {}) is engine
+    x = torch.rand(1, 3, 32, 32, 32)
+    torch.testing.assert_close(paced(x), engine(x))
+    paced(x)
+    assert calls == [0, 0]  # before each forward, before it took its share of the threads
+    assert copy.deepcopy(request)[engines.PACING] is pacing  # MONAI Label deep-copies requests: the same handle
 
 
 class InverseThenArgmax(SegmentationSpleen):
@@ -156,11 +200,12 @@ def test_segmentation_resampled_around_the_object_equals_full_inversion(models, 
     assert not outside.any()  # the box the server describes the mask within holds all of it
 
 
-def test_concurrent_forwards_share_the_threads(engine_cache):
-    engines.configure(threads=4, cache_dir=engine_cache)
-    with engines.threads_for_this_forward() as alone:
-        with engines.threads_for_this_forward() as second:
-            with engines.threads_for_this_forward() as third:
+def test_concurrent_forwards_share_the_threads():
+    share, other = engines.ThreadShare(4), engines.ThreadShare(4)
+    with share.forward() as alone:
+        with share.forward() as second:
+            with share.forward() as third, other.forward() as elsewhere:
                 assert (alone, second, third) == (4, 2, 1)
-    with engines.threads_for_this_forward() as again:
+                assert elsewhere == 4  # another scheduler's share is its own
+    with share.forward() as again:
         assert again == 4

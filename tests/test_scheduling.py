@@ -18,12 +18,11 @@ from conftest import REPO_ROOT
 from monai.networks.nets import UNet
 
 from aiaa_core.evaluation import centre_click
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from lib.infers import SegmentationSpleen
 from lib.networks import segmentation_network
 from server.app import create_app
-from server.engines import yield_point
 from server.errors import ServiceUnavailable
-from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from server.registry import ModelRegistry, ServedModel, load_app_models
 from server.scheduler import Lane, Scheduler, Work
 from server.settings import Settings
@@ -67,8 +66,8 @@ def test_batch_work_pauses_while_a_click_runs():
             click_done.wait(WAIT_S)
 
     def segmentation():
-        with scheduler.run("segmentation"):
-            yield_point()  # what every engine forward does first
+        with scheduler.run("segmentation") as slot:
+            slot.pacing.checkpoint()  # what every engine forward of the request does first
             batch_passed.set()
 
     with ThreadPoolExecutor(2) as pool:
@@ -89,6 +88,19 @@ def test_lanes_by_model_type():
     assert scheduler.lane_for("deepgrow") is scheduler.lane_for("annotation") is scheduler.interactive
     assert scheduler.lane_for("segmentation") is scheduler.batch
     assert scheduler.lane_for(Work.DECODE) is scheduler.interactive  # a session's decoding, awaited like a click
+
+
+def test_a_slot_hands_out_its_lane_and_pacing():
+    """The slot says which lane's memory share the request gets and how its forwards run (the scheduler's
+    own thread share: two schedulers in one process do not share threads)."""
+    scheduler, other = Scheduler(threads=4), Scheduler(threads=2)
+    with scheduler.run("deepgrow") as click, scheduler.run("segmentation") as segmentation:
+        assert not click.batch and segmentation.batch
+        assert click.pacing.share is segmentation.pacing.share is scheduler.threads
+        assert segmentation.pacing.checkpoint == scheduler.checkpoint  # batch work checks in
+        click.pacing.checkpoint()  # interactive work never waits
+        assert scheduler.pauses == 0
+    assert (scheduler.threads.total, other.threads.total) == (4, 2)
 
 
 # ----------------------------------------------------------------------------------- over real HTTP

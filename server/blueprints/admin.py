@@ -6,12 +6,12 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..archives import parse_config, prepare_model
 from ..auth import admin_required
-from ..engines import yield_hook
 from ..errors import BadRequest
-from ..imageio import upload_basename
+from ..image_names import upload_basename
 from ..openapi import BINARY, MODEL_REF, document, form_body, json_reply
 from ..registry import ModelRegistry, check_name
 from ..uploads import safe_name
+from . import scheduler
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -33,11 +33,6 @@ MODEL_REPLY = json_reply("The model object, as GET /v1/models shows it.", MODEL_
 
 def registry() -> ModelRegistry:
     return current_app.extensions["aiaa.registry"]
-
-
-def behind_clicks():
-    """An install's test inference pauses while clicks are running, as batch inference does."""
-    return yield_hook(current_app.extensions["aiaa.scheduler"].checkpoint)
 
 
 def config_part() -> bytes | None:
@@ -68,8 +63,8 @@ def put_model(name: str):
         upload.parent.mkdir()
         data.save(upload)
         folder = prepare_model(upload, data_name, config, work, current_app.config["SETTINGS"].archive_limits)
-        with behind_clicks():
-            model = registry().install(name, folder.path, folder.format)
+        # The install's test inference pauses while clicks are running, as batch inference does.
+        model = registry().install(name, folder.path, folder.format, pacing=scheduler().batch_pacing)
     return jsonify(model.info())
 
 
@@ -90,8 +85,7 @@ def patch_model_config(name: str):
     raw = config_part() if request.files or request.form else request.get_data()
     if not raw:
         raise BadRequest("Send the new config as the JSON request body (or as a 'config' part).")
-    with behind_clicks():
-        model = registry().reconfigure(name, parse_config(raw, "new config"))
+    model = registry().reconfigure(name, parse_config(raw, "new config"), pacing=scheduler().batch_pacing)
     return jsonify(model.info())
 
 

@@ -9,24 +9,21 @@ from aiaa_core.vocabularies import ModelType
 from .. import params as checked
 from ..budget import pipeline_bytes
 from ..errors import BadRequest
-from ..imageio import ImageHeader, require_3d
+from ..image_headers import ImageHeader
+from ..image_reading import require_3d
 from ..inference import run_model
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..registry import ModelRegistry, ServedModel
 from ..replies import mask_options, mask_reply, output_mode
-from ..scheduler import INTERACTIVE_TYPES, Scheduler
 from ..uploads import request_image, request_ledger, request_params
+from . import scheduler
 
 bp = Blueprint("inference", __name__)
 
 
 def registry() -> ModelRegistry:
     return current_app.extensions["aiaa.registry"]
-
-
-def scheduler() -> Scheduler:
-    return current_app.extensions["aiaa.scheduler"]
 
 
 def label_matches(labels: list[str], query: str) -> bool:
@@ -95,8 +92,8 @@ def infer(op: str, model_type: str | None = None):
     session_id = checked.query_text("session_id")
     session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
     device = current_app.config["SETTINGS"].device
-    with scheduler().run(model.type) as queued:
-        ledger = request_ledger(plan=model_plan(model), batch=model.type not in INTERACTIVE_TYPES)
+    with scheduler().run(model.type) as slot:
+        ledger = request_ledger(plan=model_plan(model), batch=slot.batch)
         if session:
             image = session.image
             ledger.charge_image(ImageHeader.of(image), decoded=True)
@@ -105,8 +102,8 @@ def infer(op: str, model_type: str | None = None):
         if model.task.dimension == 3:
             require_3d(image, model.name)
         inputs = TASK_INPUTS[model.type](params, image)
-        mask, result = run_model(model, image, inputs, device=device, session=session)
-        result["latencies"]["queue"] = round(queued, 4)
+        mask, result = run_model(model, image, inputs, device=device, session=session, pacing=slot.pacing)
+        result["latencies"]["queue"] = round(slot.queued_s, 4)
         reply = mask_reply(mask, image, result, params, output)
     record_inference(model.name, result["latencies"])
     return reply

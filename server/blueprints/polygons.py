@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 import SimpleITK as sitk
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response
 
 from aiaa_core.vocabularies import ModelType
 
@@ -28,11 +28,11 @@ from .. import params as checked
 from .. import polygons
 from ..budget import MASK_BYTES_PER_VOXEL, MemoryLedger
 from ..errors import BadRequest, PayloadTooLarge
+from ..mask_writing import PNG_DTYPES, PNG_EXTENSION, encode_mask
 from ..openapi import BINARY, OUTPUT, PARAMS_FIELD, RESULT_REPLY, SESSION_ID, document, form_body, json_reply
-from ..png import PNG_DTYPES, PNG_EXTENSION, encode_png_mask
 from ..replies import mask_options, mask_reply, output_mode, result_reply
-from ..scheduler import Scheduler
 from ..uploads import request_image, request_ledger, request_params
+from . import scheduler
 
 bp = Blueprint("polygons", __name__)
 
@@ -52,10 +52,6 @@ ALIASES = {
     "polygon_index": "polygonIndex",
     "vertex_index": "vertexIndex",
 }
-
-
-def scheduler() -> Scheduler:
-    return current_app.extensions["aiaa.scheduler"]
 
 
 @bp.post("/v1/mask2polygon")
@@ -180,7 +176,7 @@ def fixpolygon():
         mask = polygons.polygons_to_mask(slices, size).reshape(image.GetSize(), order="F")
         result = {"poly": reply_poly}
         if extension == PNG_EXTENSION:
-            return result_reply(result, encode_png_mask(mask, image, dtype), "result.png", output)
+            return result_reply(result, encode_mask(mask, image, PNG_EXTENSION, dtype), "result.png", output)
         options = {"result_extension": extension, "result_dtype": dtype, "result_compress": compress}
         return mask_reply(mask, image, result, options, output)
 

@@ -11,21 +11,19 @@ from flask import Blueprint, current_app, jsonify
 from .. import params as checked
 from ..budget import MemoryLedger
 from ..errors import NotFound, SessionExpired
-from ..imageio import ImageHeader, read_image
+from ..image_headers import ImageHeader
+from ..image_reading import read_image
 from ..openapi import SESSION_FORM, SESSION_INFO_REF, Param, document, json_reply
-from ..scheduler import Scheduler, Work
+from ..scheduler import Work
 from ..sessions import SessionStore
 from ..uploads import request_ledger, save_uploaded_parts, upload_basename, upload_parts
+from . import scheduler
 
 bp = Blueprint("sessions", __name__)
 
 
 def store() -> SessionStore:
     return current_app.extensions["aiaa.sessions"]
-
-
-def scheduler() -> Scheduler:
-    return current_app.extensions["aiaa.scheduler"]
 
 
 class SessionLedger:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
+from aiaa_core.engines import OnnxModule, TorchModule
 from aiaa_core.vocabularies import EngineName
 from aiaa_core.weights import WeightsRefused, load_state_dict
 
-from ..engines import OnnxModule, TorchModule
 from ..errors import BadRequest
 from .onnx_graph import check_onnx
 from .torchscript import check_archive, check_loaded
@@ -44,7 +44,7 @@ def is_torchscript(path: Path) -> bool:
 
 
 def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> tuple[torch.nn.Module, str]:
-    """The network as one of `server.engines`' modules (CPU, no gradients, the scheduler's yield hook)
+    """The network as one of `aiaa_core.engines`' modules (CPU, no gradients, the scheduler's yield hook)
     and its engine name (`torchscript`, `torch`, `onnxruntime`).
 
     `network` builds the config's network; it is needed only for a state dict.
@@ -80,3 +80,4 @@ def load_weights(path: Path, network: Callable[[], torch.nn.Module] | None) -> t
         first = str(error).strip().splitlines()[0]
         raise BadRequest(f"models/{path.name} does not fit the config's network: {first}") from None
     return TorchModule(module), EngineName.TORCH
+

@@ -20,9 +20,8 @@ class AppModelConfig(TaskConfig):
         self.network = type(self).network_factory()
 
     def infer(self) -> BasicInferTask:
-        """The task; its engine is the conf's `engine_<name>` or `engine` (auto, torch, torchscript, onnxruntime)."""
-        engine = self.conf.get(f"engine_{self.name}") or self.conf.get("engine") or "auto"
-        return self.infer_class(path=self.path, network=self.network, engine=engine, model_name=self.name)
+        """The task; its device and engine come from the conf (`device`, `engine_<name>` or `engine`, ...)."""
+        return self.infer_class(path=self.path, network=self.network, model_name=self.name, conf=self.conf)
 
     def trainer(self):
         return None  # trained with `aiaa train <model>` (lib/trainers)
