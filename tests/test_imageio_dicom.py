@@ -28,11 +28,6 @@ from server import dicom_reading
 from server.errors import BadRequest, PayloadTooLarge
 from server.image_reading import read_image
 
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-TOTALSEG = DATA / "totalseg"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared test data (../shared/data) is absent")
-
-
 # ------------------------------------------------------------------------------------------- DICOM
 
 
@@ -268,9 +263,9 @@ def test_dicom_claiming_more_pixels_than_it_holds_is_refused(tmp_path):
 # -------------------------------------------------------------------------------------- real data
 
 
-@needs_data
-def test_real_dicom_series_matches_the_segmentation_grid(tmp_path):
-    files = sorted((TOTALSEG / "example_ct_dicom").iterdir())
+def test_real_dicom_series_matches_the_segmentation_grid(shared_data, tmp_path):
+    totalseg = shared_data / "totalseg"
+    files = sorted((totalseg / "example_ct_dicom").iterdir())
     assert len(files) == 20
     image = read_image(files)
     assert image.GetSize() == (512, 512, 20)
@@ -278,7 +273,7 @@ def test_real_dicom_series_matches_the_segmentation_grid(tmp_path):
 
     # The segmentation (dcm2niix-style, LAS) lists the same voxels with j and k in the other order;
     # brought to one orientation, the grids are identical.
-    seg = sitk.ReadImage(str(TOTALSEG / "example_seg_dicom.nii.gz"))
+    seg = sitk.ReadImage(str(totalseg / "example_seg_dicom.nii.gz"))
     assert seg.GetSize() == image.GetSize()
     np.testing.assert_allclose(seg.GetSpacing(), image.GetSpacing(), atol=1e-6)
     ours, theirs = sitk.DICOMOrient(image, "LPS"), sitk.DICOMOrient(seg, "LPS")
@@ -295,10 +290,10 @@ def test_real_dicom_series_matches_the_segmentation_grid(tmp_path):
     assert_same_grid(zipped, image)
 
 
-@needs_data
-def test_real_single_dicom_file(tmp_path):
+def test_real_single_dicom_file(shared_data, tmp_path):
+    totalseg = shared_data / "totalseg"
     # an upload lands in another folder than the series; one file is a one-slice series
-    source = sorted((TOTALSEG / "example_ct_dicom").iterdir())[0]
+    source = sorted((totalseg / "example_ct_dicom").iterdir())[0]
     copy = shutil.copy(source, tmp_path / "IM0001.dcm")
     image = read_image([Path(copy)])
     assert image.GetSize() == (512, 512, 1)

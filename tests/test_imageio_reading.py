@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -27,11 +26,6 @@ from server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from server.image_names import image_extension, upload_basename
 from server.image_reading import read_image, require_3d
 from server.mask_writing import encode_mask
-
-DATA = Path(__file__).parents[1] / ".." / "shared" / "data"
-TOTALSEG = DATA / "totalseg"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared test data (../shared/data) is absent")
-
 
 # ------------------------------------------------------------------------------------------ names
 
@@ -252,17 +246,17 @@ def test_no_file_at_all():
 # -------------------------------------------------------------------------------------- real data
 
 
-@needs_data
-def test_real_nifti_ct():
-    image = read_image([TOTALSEG / "example_ct.nii.gz"])
+def test_real_nifti_ct(shared_data):
+    totalseg = shared_data / "totalseg"
+    image = read_image([totalseg / "example_ct.nii.gz"])
     assert image.GetSize() == (122, 101, 112)
     np.testing.assert_allclose(image.GetSpacing(), (3.0, 3.0, 3.0))
-    np.testing.assert_allclose(ras_affine(image), nib.load(TOTALSEG / "example_ct.nii.gz").affine, atol=1e-4)
+    np.testing.assert_allclose(ras_affine(image), nib.load(totalseg / "example_ct.nii.gz").affine, atol=1e-4)
 
 
-@needs_data
-def test_real_nifti_truncated(tmp_path):
-    data = (TOTALSEG / "example_ct.nii.gz").read_bytes()
+def test_real_nifti_truncated(shared_data, tmp_path):
+    totalseg = shared_data / "totalseg"
+    data = (totalseg / "example_ct.nii.gz").read_bytes()
     path = tmp_path / "example_ct.nii.gz"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(BadRequest, match="'example_ct.nii.gz' as NIfTI: the file is damaged or truncated"):
