@@ -1,12 +1,14 @@
-"""segmentation_spleen's training pieces: the real-CT augmentations and a training run that resumes."""
+"""segmentation_spleen's training pieces: the real-CT augmentations and a MONAI Label training run that resumes."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from lib.networks import segmentation_network
 from lib.trainers.augment import RandHUShiftScaled, RandThickSlicesd, thick_slices
-from lib.trainers.loop import fit
+from lib.trainers.segmentation_spleen import SegmentationSpleenTrainer
+from lib.trainers.task import run_folder
 
 
 def slab(depth: int = 40) -> torch.Tensor:
@@ -44,29 +46,27 @@ def test_hu_shift_and_scale_move_soft_tissue():
     assert 0 < abs(float(shifted.flatten()[0]) - 40.0) <= 80.0
 
 
+def tiny_trainer(tmp_path):
+    """segmentation_spleen's MONAI Label train task, publishing into `tmp_path` (starts from scratch)."""
+    torch.set_num_threads(1)
+    return SegmentationSpleenTrainer(run_folder(tmp_path / "seg.pt"), publish_path=str(tmp_path / "seg.pt"))
+
+
+TINY = {"steps_per_epoch": 1, "num_train_phantoms": 1, "num_val_phantoms": 1, "crop_size": 32, "pretrained": False}
+
+
 def test_training_resumes_from_its_checkpoint(tmp_path):
-    """A sitting ends at its time limit; the next one continues at the next epoch, history kept."""
-    torch.manual_seed(0)
-    inputs, targets = torch.rand(1, 1, 8, 8, 8), (torch.rand(1, 1, 8, 8, 8) > 0.5).float()
-    scores = iter([0.1, 0.2, 0.3])
-
-    def run(time_limit_s):
-        network = torch.nn.Conv3d(1, 2, 3, padding=1)
-        return fit(
-            network,
-            lambda _n: (inputs, targets),
-            lambda _n: next(scores),
-            tmp_path / "w.pt",
-            epochs=3,
-            steps_per_epoch=2,
-            checkpoint=tmp_path / "w.ckpt",
-            time_limit_s=time_limit_s,
-        )
-
-    first = run(time_limit_s=0.0)
+    """A sitting ends at its time limit; the next one continues at the next epoch, history and baseline kept."""
+    first = tiny_trainer(tmp_path)({**TINY, "max_epochs": 2, "time_limit_s": 1e-6})
     assert not first["finished"] and [h["epoch"] for h in first["history"]] == [1]
-    second = run(time_limit_s=None)
-    assert second["finished"] and [h["epoch"] for h in second["history"]] == [1, 2, 3]
-    assert second["best_val_dice"] == 0.3
-    saved = torch.load(tmp_path / "w.ckpt", weights_only=False)
-    assert saved["epoch"] == 3 and saved["scheduler"]["last_epoch"] == 6
+    run = tmp_path / "seg" / "train_01"
+    assert list(run.glob("resume_*.pt")), "the unfinished run keeps its full state"
+    second = tiny_trainer(tmp_path)({**TINY, "max_epochs": 2})
+    assert second["finished"] and [h["epoch"] for h in second["history"]] == [1, 2]
+    assert second["baseline_val_dice"] == first["baseline_val_dice"]
+    assert second["history"][0] == first["history"][0]
+    assert second["best_val_dice"] == max(second["baseline_val_dice"], *(h["val_dice"] for h in second["history"]))
+    assert not list(run.glob("resume_*.pt")), "a finished run is not resumed by the next one"
+    assert (tmp_path / "seg.pt").is_file() and (run / "model.pt").is_file()
+    weights = torch.load(tmp_path / "seg.pt", weights_only=True)
+    assert set(weights) == set(segmentation_network().state_dict())  # a plain state dict, as served

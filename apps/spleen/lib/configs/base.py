@@ -1,4 +1,4 @@
-"""What every model config of this app does: weights at model/<name>.pt, a network, an infer task."""
+"""What every model config of this app does: weights at model/<name>.pt, a network, an infer task, a trainer."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ from collections.abc import Callable
 import torch
 from monailabel.interfaces.config import TaskConfig
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.tasks.train.basic_train import BasicTrainTask
+
+from lib.trainers.task import AppTrainTask, run_folder
 
 
 class AppModelConfig(TaskConfig):
     infer_class: type[BasicInferTask]
+    trainer_class: type[AppTrainTask]
     network_factory: Callable[[], torch.nn.Module]
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner, **kwargs):
@@ -23,5 +27,14 @@ class AppModelConfig(TaskConfig):
         """The task; its device and engine come from the conf (`device`, `engine_<name>` or `engine`, ...)."""
         return self.infer_class(path=self.path, network=self.network, model_name=self.name, conf=self.conf)
 
-    def trainer(self):
-        return None  # trained with `aiaa train <model>` (lib/trainers)
+    def trainer(self, publish_path: str | None = None, load_path: str | None = None, **options) -> BasicTrainTask:
+        """The model's MONAI Label train task (stock `monailabel start_server`, our server, `aiaa train`).
+
+        It publishes its best weights to `publish_path` (default: the served model/<name>.pt), keeps its runs
+        in that path without `.pt` (model/<name>/<run name>/), and starts from `load_path` (default: the
+        published weights) when the request says `pretrained`. `options`: the trainer's own (data_dir, ...).
+        """
+        publish_path = publish_path or self.path
+        return self.trainer_class(
+            run_folder(publish_path), load_path=load_path or publish_path, publish_path=publish_path, **options
+        )

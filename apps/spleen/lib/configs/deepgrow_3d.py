@@ -2,6 +2,7 @@
 
 from lib.infers import DeepGrow3D
 from lib.networks import deepgrow_network
+from lib.trainers.deepgrow_3d import DeepGrow3DTrainer
 
 from .base import AppModelConfig
 
@@ -9,3 +10,4 @@ from .base import AppModelConfig
 class DeepGrow3DConfig(AppModelConfig):
     infer_class = DeepGrow3D
     network_factory = staticmethod(deepgrow_network)
+    trainer_class = DeepGrow3DTrainer

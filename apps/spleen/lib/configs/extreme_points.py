@@ -2,6 +2,7 @@
 
 from lib.infers import ExtremePoints
 from lib.networks import extreme_points_network
+from lib.trainers.extreme_points import ExtremePointsTrainer
 
 from .base import AppModelConfig
 
@@ -9,3 +10,4 @@ from .base import AppModelConfig
 class ExtremePointsConfig(AppModelConfig):
     infer_class = ExtremePoints
     network_factory = staticmethod(extreme_points_network)
+    trainer_class = ExtremePointsTrainer

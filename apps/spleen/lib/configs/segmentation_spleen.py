@@ -2,6 +2,7 @@
 
 from lib.infers import SegmentationSpleen
 from lib.networks import segmentation_network
+from lib.trainers.segmentation_spleen import SegmentationSpleenTrainer
 
 from .base import AppModelConfig
 
@@ -9,3 +10,4 @@ from .base import AppModelConfig
 class SegmentationSpleenConfig(AppModelConfig):
     infer_class = SegmentationSpleen
     network_factory = staticmethod(segmentation_network)
+    trainer_class = SegmentationSpleenTrainer

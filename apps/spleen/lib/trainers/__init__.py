@@ -1,11 +1,8 @@
-"""Training loops for the app's models (run by `aiaa train <model>`)."""
+"""The app's trainers: MONAI Label `BasicTrainTask`s (lib.configs' `trainer()` builds them; `aiaa train` and
+MONAI Label's /train/ run the same ones)."""
 
-from .deepgrow_3d import train as train_deepgrow_3d
-from .extreme_points import train as train_extreme_points
-from .segmentation_spleen import train as train_segmentation_spleen
+from .deepgrow_3d import DeepGrow3DTrainer
+from .extreme_points import ExtremePointsTrainer
+from .segmentation_spleen import SegmentationSpleenTrainer
 
-TRAINERS = {
-    "segmentation_spleen": train_segmentation_spleen,
-    "deepgrow_3d": train_deepgrow_3d,
-    "extreme_points": train_extreme_points,
-}
+__all__ = ["DeepGrow3DTrainer", "ExtremePointsTrainer", "SegmentationSpleenTrainer"]

@@ -1,4 +1,5 @@
-"""Training data: synthetic phantoms (always), an MSD Task09 folder, and the real CTs of ../shared/data."""
+"""Training data: the MONAI Label datastore's final labels, synthetic phantoms (always), an MSD Task09
+folder, and the real CTs of ../shared/data."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 from monai.data import MetaTensor
 from tqdm import tqdm
 
-from server.imageio import read_image, to_metatensor
 from aiaa_core.phantoms import ORIENTATIONS, make_phantom
+from aiaa_core.volumes import read_image_file, to_metatensor
 
 PHANTOM_FOV_MM = (360.0, 300.0, 220.0)
 VALIDATION_SEED_OFFSET = 100_000  # validation phantoms use seeds from here on, never used in training
@@ -54,6 +55,14 @@ def phantom_items(
     return items
 
 
+def datastore_items(datastore, val_split: float) -> tuple[list[dict], list[dict]]:
+    """(train, validation) image/label paths of the MONAI Label datastore's images with a final label
+    (the clinicians' saved labels); `val_split` of them validate, at least one stays for training."""
+    labelled = list(datastore.datalist()) if datastore is not None else []
+    n_val = min(int(len(labelled) * val_split), max(0, len(labelled) - 1))
+    return labelled[n_val:], labelled[:n_val]
+
+
 def msd_items(data_dir: Path) -> list[dict]:
     """Image/label paths of an MSD Task09-style folder (dataset.json 'training' list)."""
     dataset = json.loads((data_dir / "dataset.json").read_text())
@@ -72,9 +81,9 @@ def real_items(shared_data: Path) -> list[dict]:
 
 
 def read_case(shared_data: Path, image_name: str, label_name: str) -> tuple[sitk.Image, sitk.Image]:
-    """One real CT (a file or a DICOM folder, read as the server reads uploads) and its mask on the CT's grid."""
+    """One real CT (a file or a DICOM folder, decoded as the server decodes uploads) and its mask on the CT's grid."""
     image_path = shared_data / image_name
-    image = read_image(sorted(image_path.iterdir()) if image_path.is_dir() else [image_path])
+    image = read_image_file(image_path)
     labels = sitk.ReadImage(str(shared_data / label_name))
     return image, sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor)
 

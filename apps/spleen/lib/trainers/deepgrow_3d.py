@@ -18,16 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.apps.deepgrow.transforms import AddInitialSeedPointd, AddRandomGuidanced, FindDiscrepancyRegionsd
-from monai.utils import set_determinism
 
+from aiaa_core.phantoms import LABELS
 from aiaa_core.transforms import ZOOM_BOX, crop_box, fit_in_image
 from lib.infers.deepgrow_3d import DeepGrow3D
 from lib.infers.interactive import click_preprocessing
 from lib.networks import deepgrow_network
-from aiaa_core.phantoms import LABELS
 
-from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice
-from .loop import fit
+from .interactive import WARM_START_ENV, ClickTrainTask, augmented, batch, run_pipeline
 
 MAX_CLICKS = 3
 BATCH_SIZE = 2
@@ -54,9 +52,7 @@ def training_box(obj, image, click: list[int], rng: np.random.Generator) -> tupl
     return start.tolist(), (start + size).tolist()
 
 
-def make_sample(
-    pool: ObjectPool, obj, items: list[dict], rng: np.random.Generator, seed_transform, jitter: bool
-) -> dict:
+def make_sample(obj, items: list[dict], rng: np.random.Generator, seed_transform, jitter: bool) -> dict:
     """A crop around MONAI's initial seed point of `obj`, with guidance for that one click."""
     mask = obj.mask(items)
     start, end = np.asarray(obj.start), np.asarray(obj.end)
@@ -109,49 +105,41 @@ def interaction_rounds(rng: np.random.Generator) -> int:
     return 0 if rng.random() < 0.5 else int(rng.integers(1, MAX_CLICKS + 1))
 
 
-def train(
-    model_path: Path,
-    *,
-    data_dir: Path | None = None,
-    epochs: int = 20,
-    steps_per_epoch: int = 40,
-    seed: int = 0,
-    num_train: int = 24,
-    num_val: int = 4,
-) -> dict:
-    """Train on phantom organs (+ real CT organs when present); validate with one click on held-out spleens."""
-    set_determinism(seed)
+class DeepGrow3DTrainer(ClickTrainTask):
+    """deepgrow_3d: one click from MONAI's initial seed point, then 0..MAX_CLICKS corrective rounds per step
+    (MONAI's deepgrow interaction, run by `iteration` with the current network); validation with one click.
+    Starts from the served weights (`pretrained`), else `$AIAA_WARM_START`, else the extreme-points model."""
+
+    points_keys = DeepGrow3D.points_keys
+    sigma = DeepGrow3D.sigma
     # Blob-like objects only: tubes (aorta, IVC) and the ribs are not what a click-from-the-centre model is for.
-    skip = frozenset(LABELS[name] for name in ("aorta", "ivc", "rib"))
-    pool = ObjectPool(seed, num_train, num_val, skip_phantom_labels=skip, min_volume_ml=5.0)
-    rng = pool.rng
-    seed_transform = AddInitialSeedPointd(label="label", guidance="guidance")
-    seed_transform.set_random_state(seed=seed)
-    click_transform = AddRandomGuidanced(guidance="guidance", discrepancy="discrepancy", probability="probability")
-    click_transform.set_random_state(seed=seed)
-    val_samples = [make_sample(pool, o, pool.val_items, rng, seed_transform, jitter=False) for o in pool.val_objects]
+    skip_phantom_labels = frozenset(LABELS[name] for name in ("aorta", "ivc", "rib"))
+    min_volume_ml = 5.0
 
-    def next_batch(network) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = [
-            make_sample(pool, pool.sample(), pool.items, rng, seed_transform, jitter=True) for _ in range(BATCH_SIZE)
-        ]
-        add_corrective_clicks(network, samples, interaction_rounds(rng), click_transform)
-        return batch(samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
+    def __init__(self, model_dir: str, **kwargs):
+        super().__init__(model_dir, deepgrow_network, "Fine-tune DeepGrow 3D with simulated clicks", **kwargs)
 
-    def validate(network) -> float:
-        return validation_dice(network, val_samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)
+    def training_data(self, request: dict, labelled: list[dict], rng: np.random.Generator) -> tuple[list, list]:
+        seed = int(request["seed"])
+        self.seed_transform = AddInitialSeedPointd(label="label", guidance="guidance")
+        self.seed_transform.set_random_state(seed=seed)
+        self.click_transform = AddRandomGuidanced(
+            guidance="guidance", discrepancy="discrepancy", probability="probability"
+        )
+        self.click_transform.set_random_state(seed=seed)
+        return super().training_data(request, labelled, rng)
 
-    network = deepgrow_network()
-    warm_start(network, Path(os.environ.get(WARM_START_ENV) or model_path.parent / "extreme_points.pt"))
-    return fit(
-        network,
-        next_batch,
-        validate,
-        model_path,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        checkpoint=model_path.with_suffix(".ckpt"),
-    )
+    def make_sample(self, obj, items: list[dict], jitter: bool) -> dict:
+        return make_sample(obj, items, self.pool.rng, self.seed_transform, jitter)
+
+    def network(self, context):
+        network = deepgrow_network()
+        warm_start(network, Path(os.environ.get(WARM_START_ENV) or Path(self._model_dir).parent / "extreme_points.pt"))
+        return network
+
+    def iteration(self, engine, samples: list[dict]) -> dict:
+        add_corrective_clicks(engine.network, samples, interaction_rounds(self.pool.rng), self.click_transform)
+        return super().iteration(engine, samples)
 
 
 def warm_start(network: torch.nn.Module, extreme_points_weights: Path) -> None:

@@ -4,21 +4,17 @@ augmented as real scans differ (`interactive.augment_crop`); `$AIAA_WARM_START` 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from monai.transforms.utils import get_extreme_points
-from monai.utils import set_determinism
 
 from lib.infers.extreme_points import ExtremePoints
 from lib.infers.interactive import click_preprocessing
 from lib.networks import extreme_points_network
 
-from .interactive import WARM_START_ENV, ObjectPool, augmented, batch, run_pipeline, validation_dice
-from .loop import fit
+from .interactive import WARM_START_ENV, ClickTrainTask, augmented, run_pipeline
 
-BATCH_SIZE = 2
 JITTER_VOXELS = 1.5  # clinicians' extreme points are a voxel or two off the true boundary
 
 
@@ -45,39 +41,22 @@ def make_sample(obj, items: list[dict], rng: np.random.Generator, jitter: bool) 
     return augmented(data, transforms, rng) if jitter else run_pipeline(data, transforms)
 
 
-def train(
-    model_path: Path,
-    *,
-    data_dir: Path | None = None,
-    epochs: int = 20,
-    steps_per_epoch: int = 40,
-    seed: int = 0,
-    num_train: int = 24,
-    num_val: int = 4,
-) -> dict:
-    """Train on phantom organs (+ real CT organs when present); validate on held-out phantom spleens."""
-    set_determinism(seed)
-    pool = ObjectPool(seed, num_train, num_val)
-    rng = pool.rng
-    val_samples = [make_sample(o, pool.val_items, rng, jitter=False) for o in pool.val_objects]
+class ExtremePointsTrainer(ClickTrainTask):
+    """extreme_points: jittered extreme points of each object, validated on the exact ones. Starts from the
+    served weights (`pretrained`), else `$AIAA_WARM_START` when set, else from scratch."""
 
-    def next_batch(_network) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = [make_sample(pool.sample(), pool.items, rng, jitter=True) for _ in range(BATCH_SIZE)]
-        return batch(samples, ExtremePoints.points_keys, ExtremePoints.sigma)
+    points_keys = ExtremePoints.points_keys
+    sigma = ExtremePoints.sigma
 
-    def validate(network) -> float:
-        return validation_dice(network, val_samples, ExtremePoints.points_keys, ExtremePoints.sigma)
+    def __init__(self, model_dir: str, **kwargs):
+        super().__init__(model_dir, extreme_points_network, "Fine-tune extreme points (DExtr3D style)", **kwargs)
 
-    network = extreme_points_network()
-    if os.environ.get(WARM_START_ENV):
-        network.load_state_dict(torch.load(os.environ[WARM_START_ENV], map_location="cpu", weights_only=True))
-        print(f"warm start from {os.environ[WARM_START_ENV]}", flush=True)
-    return fit(
-        network,
-        next_batch,
-        validate,
-        model_path,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        checkpoint=model_path.with_suffix(".ckpt"),
-    )
+    def make_sample(self, obj, items: list[dict], jitter: bool) -> dict:
+        return make_sample(obj, items, self.pool.rng, jitter)
+
+    def network(self, context):
+        network = extreme_points_network()
+        if os.environ.get(WARM_START_ENV):
+            network.load_state_dict(torch.load(os.environ[WARM_START_ENV], map_location="cpu", weights_only=True))
+            print(f"warm start from {os.environ[WARM_START_ENV]}", flush=True)
+        return network

@@ -1,8 +1,9 @@
 """What the click models' trainers share: objects of many shapes, and crops made the way inference makes them.
 
-Objects come from every phantom organ and, when `../shared/data` is present, every TotalSegmentator
-structure of the real CTs of the patients named in `$AIAA_REAL_PATIENTS` (comma separated: `example_ct`,
-`dicom`; default both). Evaluate on the other patient (`bench/accuracy.py --patients`): leave-one-patient-out.
+Objects come from every phantom organ, every label of the MONAI Label datastore's final labels and, when
+`../shared/data` is present, every TotalSegmentator structure of the real CTs of the patients named in
+`$AIAA_REAL_PATIENTS` (comma separated: `example_ct`, `dicom`; default both). Evaluate on the other
+patient (`bench/accuracy.py --patients`): leave-one-patient-out.
 Crops are augmented as real scans differ: contrast phase and calibration (HU shift and scale), noise, and
 slice thickness 1–8 mm.
 """
@@ -16,15 +17,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.inferers import SimpleInferer
+from monai.transforms import Randomizable
+from monailabel.tasks.train.basic_train import Context
 
-from aiaa_core.transforms import PointHeatmapsd
-from aiaa_core.transforms import AIR_HU
-from server.imageio import read_image, to_metatensor
 from aiaa_core.phantoms import LABELS
+from aiaa_core.transforms import AIR_HU, LoadImageOrTensord, PointHeatmapsd
+from aiaa_core.volumes import read_image_file, to_metatensor
 
 from .augment import thick_slices
-from .data import REAL_CASES, VALIDATION_SEED_OFFSET, TrainingObject, objects, phantom_items
-from .loop import dice_score
+from .data import REAL_CASES, VALIDATION_SEED_OFFSET, TrainingObject, datastore_items, objects, phantom_items
+from .task import AppTrainTask
 
 SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
 REAL_PATIENTS_ENV = "AIAA_REAL_PATIENTS"  # which real patients' structures to train on (default: all)
@@ -44,7 +47,7 @@ def patient_items(shared_data: Path, patients: set[str]) -> list[dict]:
         image_path, label_path = shared_data / image_name, shared_data / label_name
         if PATIENT_OF_CASE.get(image_name) not in patients or not (image_path.exists() and label_path.exists()):
             continue
-        image = read_image(sorted(image_path.iterdir()) if image_path.is_dir() else [image_path])
+        image = read_image_file(image_path)
         label = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
         items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
     return items
@@ -95,7 +98,7 @@ def augmented(
 
 
 class ObjectPool:
-    """Training and validation objects; `sample()` draws a training object uniformly."""
+    """Training and validation objects: phantom organs, real CT structures and the datastore's labels."""
 
     def __init__(
         self,
@@ -105,10 +108,13 @@ class ObjectPool:
         shared_data: Path | None = SHARED_DATA,
         skip_phantom_labels: frozenset[int] = frozenset(),
         min_volume_ml: float = 0.0,
+        labelled: Sequence[dict] = (),
+        labelled_val: Sequence[dict] = (),
     ):
         self.rng = np.random.default_rng(seed)
         phantoms = phantom_items(range(seed, seed + num_train), self.rng, varied_contrast=True)
         real = patient_items(shared_data, training_patients()) if shared_data and shared_data.is_dir() else []
+        real += [load_item(item) for item in labelled]
         self.items = phantoms + real
         phantom_objects = objects(phantoms, skip=set(skip_phantom_labels), min_volume_ml=min_volume_ml)
         real_objects = [
@@ -117,14 +123,22 @@ class ObjectPool:
         ]
         # Real structures drawn as often as phantom ones: they are what the models are for.
         self.objects = phantom_objects + real_objects * max(1, len(phantom_objects) // max(1, len(real_objects)))
-        print(f"training objects: {len(phantom_objects)} phantom, {len(real_objects)} real", flush=True)
+        print(f"training objects: {len(phantom_objects)} phantom, {len(real_objects)} real or labelled", flush=True)
         self.val_items = phantom_items(
             range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val), self.rng
         )
         self.val_objects = [o for o in objects(self.val_items) if o.value == LABELS["spleen"]]
+        first = len(self.val_items)
+        self.val_items += [load_item(item) for item in labelled_val]
+        self.val_objects += [
+            TrainingObject(o.item + first, o.value, o.start, o.end)
+            for o in objects(self.val_items[first:], min_volume_ml=min_volume_ml)
+        ]
 
-    def sample(self) -> TrainingObject:
-        return self.objects[self.rng.integers(len(self.objects))]
+
+def load_item(item: dict) -> dict:
+    """A datastore image and its label map (paths) as channel-first MetaTensors, read once."""
+    return LoadImageOrTensord(keys=("image", "label"))(item)
 
 
 def run_pipeline(data: dict, transforms: Sequence[Callable]) -> dict:
@@ -141,7 +155,71 @@ def batch(samples: list[dict], points_keys: Sequence[str], sigma: float) -> tupl
     return inputs, targets
 
 
-def validation_dice(network: torch.nn.Module, samples: list[dict], points_keys: Sequence[str], sigma: float) -> float:
-    """Mean Dice over the validation crops, one at a time (InstanceNorm makes batching irrelevant)."""
-    inputs, targets = batch(samples, points_keys, sigma)
-    return float(np.mean([dice_score(network(x[None]), y[None]) for x, y in zip(inputs, targets, strict=True)]))
+class ClickTrainTask(AppTrainTask):
+    """A click model's trainer: each datalist entry is one object; a sample is a crop around it made by the
+    inference pre-processing, its clicks simulated (`make_sample`). Training samples are drawn fresh every
+    step (a random transform, so never cached); validation crops are made once (jitter off) and cached."""
+
+    defaults = {"num_train_phantoms": 24, "num_val_phantoms": 4, "train_batch_size": 2}
+    points_keys: Sequence[str]
+    sigma: float
+    skip_phantom_labels: frozenset[int] = frozenset()
+    min_volume_ml: float = 0.0
+
+    def make_sample(self, obj: TrainingObject, items: list[dict], jitter: bool) -> dict:
+        """A crop of `obj` with its clicks in `points_keys` (image in HU, label 0/1)."""
+        raise NotImplementedError
+
+    def training_data(self, request: dict, labelled: list[dict], rng: np.random.Generator) -> tuple[list, list]:
+        self.pool = ObjectPool(
+            int(request["seed"]),
+            int(request["num_train_phantoms"]),
+            int(request["num_val_phantoms"]),
+            skip_phantom_labels=self.skip_phantom_labels,
+            min_volume_ml=self.min_volume_ml,
+            labelled=labelled,
+            labelled_val=self._labelled_val,
+        )
+        return [{"object": o} for o in self.pool.objects], [{"object": o} for o in self.pool.val_objects]
+
+    def pre_process(self, request: dict, datastore) -> dict:
+        _, self._labelled_val = datastore_items(datastore, float(request.get("val_split") or 0.0))
+        return super().pre_process(request, datastore)
+
+    def validation_items(self, labelled: list[dict]) -> list[dict]:
+        return []  # already among the pool's validation objects
+
+    def train_pre_transforms(self, context: Context):
+        return [DrawSample(self, self.pool.items)]
+
+    def val_pre_transforms(self, context: Context):
+        heatmaps = PointHeatmapsd(keys="image", points_keys=self.points_keys, sigma=self.sigma)
+        return [lambda d: self.make_sample(d["object"], self.pool.val_items, jitter=False), heatmaps,
+                lambda d: {"image": d["image"], "label": torch.as_tensor(d["label"]).float()}]  # fmt: skip
+
+    def collate_fn(self):
+        return list  # the samples' click lists differ in length; `iteration` builds the batch
+
+    def train_iteration_update(self, context: Context):
+        return self.iteration
+
+    def iteration(self, engine, samples: list[dict]) -> dict:
+        """One step on a batch of samples (deepgrow first adds corrective clicks with the current network)."""
+        inputs, targets = batch(samples, self.points_keys, self.sigma)
+        return engine._iteration(engine, {"image": inputs, "label": targets})  # as MONAI's deepgrow Interaction
+
+    def val_inferer(self, context: Context):
+        return SimpleInferer()
+
+
+class DrawSample(Randomizable):
+    """A training sample of the entry's object, jittered and augmented (random: never cached)."""
+
+    def __init__(self, task: ClickTrainTask, items: list[dict]):
+        self.task, self.items = task, items
+
+    def randomize(self, data=None) -> None:  # the task's generator draws (one stream, as the weights were trained)
+        pass
+
+    def __call__(self, data: dict) -> dict:
+        return self.task.make_sample(data["object"], self.items, jitter=True)

@@ -8,9 +8,11 @@ ones. With `--shared-data DIR` the real CTs there (TotalSegmentator masks, label
 about a quarter of the samples; `--holdout` keeps some out (leave-one-patient-out).
 
     .venv/bin/python -m lib.trainers.segmentation_spleen --output FILE [--holdout example_ct] [--init FILE]
-        [--epochs 4 --steps 80 --time-limit-min 45]     (run from apps/spleen; resumes from FILE.ckpt)
+        [--epochs 4 --steps 80 --time-limit-min 45]   (run from apps/spleen; resumes an unfinished run
+                                                        from FILE's run folder, FILE without .pt)
 
-`aiaa train segmentation_spleen` runs it with the defaults (phantoms only, no warm start). With two
+`aiaa train segmentation_spleen` and MONAI Label's /train/segmentation_spleen run the same trainer with the
+defaults (phantoms only; MONAI Label starts from the served weights, `aiaa train` from scratch). With two
 patients, real CT did not generalise (apps/spleen/README.md), so it is not in the defaults.
 """
 
@@ -22,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader
-from monai.inferers import sliding_window_inference
+from ignite.engine import Events
+from monai.inferers import SlidingWindowInferer, sliding_window_inference
 from monai.transforms import (
     Compose,
     LabelFilterd,
@@ -31,16 +33,17 @@ from monai.transforms import (
     RandGaussianNoised,
     SpatialPadd,
 )
-from monai.utils import set_determinism
+from monailabel.tasks.train.basic_train import Context
 
+from aiaa_core.mask_geometry import dice
+from aiaa_core.transforms import LoadImageOrTensord
+from aiaa_core.volumes import to_metatensor
 from lib.infers.segmentation_spleen import ROI_SIZE, TARGET_SPACING, ct_window, working_grid
 from lib.networks import segmentation_network
-from aiaa_core.transforms import LoadImageOrTensord
-from server.imageio import to_metatensor
 
 from .augment import RandHUShiftScaled, RandThickSlicesd
 from .data import REAL_CASES, VALIDATION_SEED_OFFSET, msd_items, phantom_items, read_case
-from .loop import dice_score, fit
+from .task import REPORT_KEYS, AppTrainTask, run_folder
 
 PATCH = (64, 64, 64)
 SPLEEN = 1  # spleen label value in the phantoms, in MSD Task09 and in TotalSegmentator's masks
@@ -49,112 +52,126 @@ REAL_SHARE = 0.25  # of the samples drawn, about this many come from the real CT
 
 
 def scan_name(image_name: str) -> str:
-    """example_ct, example_ct_dicom: the names --holdout takes."""
+    """example_ct, example_ct_dicom: the names `holdout` takes."""
     return Path(image_name).name.removesuffix(".nii.gz")
 
 
-def train(
-    model_path: Path,
-    *,
-    data_dir: Path | None = None,
-    epochs: int = 20,
-    steps_per_epoch: int = 40,
-    num_train: int = 32,
-    num_val: int = 6,
-    seed: int = 0,
-    shared_data: Path | None = None,
-    holdout: tuple[str, ...] = (),
-    init: Path | None = None,
-    time_limit_s: float | None = None,
-    learning_rate: float = 2e-3,
-    hu_shift: float = 30.0,
-    dose_range: tuple[float, float] = (0.7, 1.6),
-    unenhanced_share: float = 0.0,
-) -> dict:
-    """Train, keep the best validation checkpoint at `model_path`, and return the run's figures.
+class SegmentationSpleenTrainer(AppTrainTask):
+    """Whole-volume spleen segmentation on the inference grid, 3 mm crops, real-CT augmentations.
 
-    `holdout`: real scans (by `scan_name`) kept out of training; each epoch prints their Dice (information
-    only: the best epoch is chosen on validation phantoms). Resumes from `model_path` + `.ckpt`.
+    `data_dir` (an MSD Task09 folder) replaces the phantoms; `shared_data` adds its real CTs (about
+    `REAL_SHARE` of the draws), minus the `holdout` scans, whose Dice is printed each epoch (information
+    only: the best epoch is chosen on the validation set). Request keys beyond MONAI Label's: see `defaults`.
     """
-    set_determinism(seed)
-    rng = np.random.default_rng(seed)
-    if data_dir is None:
-        contrast = {"varied_contrast": True, "dose_range": dose_range, "unenhanced_share": unenhanced_share}
-        train_items = phantom_items(range(seed, seed + num_train), rng, **contrast)
-        val_seeds = range(VALIDATION_SEED_OFFSET + seed, VALIDATION_SEED_OFFSET + seed + num_val)
-        val_items = phantom_items(val_seeds, rng, **contrast)
-    else:
-        items = msd_items(Path(data_dir))
-        split = max(1, len(items) // 5)
-        train_items, val_items = items[split:], items[:split]
-    real, held_out = [], []
-    if shared_data is not None and shared_data.is_dir():
-        for image_name, label_name in REAL_CASES:
-            if (shared_data / image_name).exists() and (shared_data / label_name).exists():
-                image, label = read_case(shared_data, image_name, label_name)
-                item = {"image": to_metatensor(image), "label": to_metatensor(label)}
-                (held_out if scan_name(image_name) in holdout else real).append((scan_name(image_name), item))
-    if real:
-        repeat = max(1, round(REAL_SHARE * len(train_items) / ((1 - REAL_SHARE) * len(real))))
-        train_items = train_items + [item for _, item in real] * repeat
-    print(f"training on {len(train_items)} items: real {[n for n, _ in real]}, held out {[n for n, _ in held_out]}")
 
-    grid = [
-        LoadImageOrTensord(keys=("image", "label")),
-        *working_grid(keys=("image", "label"), modes=("bilinear", "nearest")),
-        LabelFilterd(keys="label", applied_labels=[SPLEEN]),
-    ]
-    augment = [
-        RandHUShiftScaled(keys="image", shift=hu_shift, scale=0.15 * hu_shift / 80.0, prob=0.8),
-        *ct_window(),
-        SpatialPadd(keys=("image", "label"), spatial_size=PATCH),
-        RandCropByPosNegLabeld(
-            keys=("image", "label"), label_key="label", spatial_size=PATCH, pos=2, neg=1, num_samples=2
-        ),
-        RandThickSlicesd(keys="image", spacing=TARGET_SPACING[2], thickness=(3.0, 8.0), prob=0.5),
-        RandGaussianNoised(keys="image", prob=0.3, std=0.04),
-    ]
-    train_ds = CacheDataset(train_items, Compose(grid + augment), progress=False)
-    val_ds = CacheDataset(val_items, Compose(grid + ct_window()), progress=False)
-    held_ds = CacheDataset([item for _, item in held_out], Compose(grid + ct_window()), progress=False)
-    loader = DataLoader(train_ds, batch_size=1, shuffle=True, num_workers=0)
-    batches = iter(loader)
+    defaults = {
+        "num_train_phantoms": 32,
+        "num_val_phantoms": 6,
+        "crop_size": PATCH[0],  # training crops (cubes, voxels of 3 mm); multiples of 8 for the UNet
+        "hu_shift": 30.0,  # HU shift augmentation, ± (scale ±15 % at 80)
+        "dose_range": [0.7, 1.6],  # phantom contrast doses (1.0: seeded maximum)
+        "unenhanced_share": 0.0,  # phantoms without contrast
+    }
 
-    def next_batch(_network) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal batches
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(loader)
-            batch = next(batches)
-        return batch["image"], batch["label"]
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        data_dir: Path | None = None,
+        shared_data: Path | None = None,
+        holdout: tuple[str, ...] = (),
+        **kwargs,
+    ):
+        self.data_dir, self.shared_data, self.holdout = data_dir, shared_data, tuple(holdout)
+        self.held_out: list[tuple[str, dict]] = []
+        description = "Fine-tune spleen segmentation on the datastore's labels and synthetic phantoms"
+        super().__init__(model_dir, segmentation_network, description, labels={"spleen": SPLEEN}, **kwargs)
 
-    def dice_on(network, item) -> float:
-        logits = sliding_window_inference(item["image"][None], ROI_SIZE, 1, network, overlap=0.25)
-        return dice_score(logits, item["label"][None])
+    def training_data(self, request: dict, labelled: list[dict], rng: np.random.Generator) -> tuple[list, list]:
+        seed = int(request["seed"])
+        if self.data_dir is None:
+            contrast = {
+                "varied_contrast": True,
+                "dose_range": tuple(float(d) for d in request["dose_range"]),
+                "unenhanced_share": float(request["unenhanced_share"]),
+            }
+            train_items = phantom_items(range(seed, seed + int(request["num_train_phantoms"])), rng, **contrast)
+            first_val = VALIDATION_SEED_OFFSET + seed
+            val_seeds = range(first_val, first_val + int(request["num_val_phantoms"]))
+            val_items = phantom_items(val_seeds, rng, **contrast)
+        else:
+            items = msd_items(Path(self.data_dir))
+            split = max(1, len(items) // 5)
+            train_items, val_items = items[split:], items[:split]
+        real, self.held_out = [], []
+        if self.shared_data is not None and self.shared_data.is_dir():
+            for image_name, label_name in REAL_CASES:
+                if (self.shared_data / image_name).exists() and (self.shared_data / label_name).exists():
+                    image, label = read_case(self.shared_data, image_name, label_name)
+                    item = {"image": to_metatensor(image), "label": to_metatensor(label)}
+                    name = scan_name(image_name)
+                    (self.held_out if name in self.holdout else real).append((name, item))
+        if real:
+            repeat = max(1, round(REAL_SHARE * len(train_items) / ((1 - REAL_SHARE) * len(real))))
+            train_items = train_items + [item for _, item in real] * repeat
+        return labelled + train_items, val_items
 
-    def validate(network) -> float:
-        if held_ds:
-            scores = ", ".join(
-                f"{name} {dice_on(network, item):.3f}" for (name, _), item in zip(held_out, held_ds, strict=True)
-            )
-            print(f"  held-out real CT Dice (working grid, not used for selection): {scores}", flush=True)
-        return float(np.mean([dice_on(network, item) for item in val_ds]))
+    def grid(self) -> list:
+        return [
+            LoadImageOrTensord(keys=("image", "label")),
+            *working_grid(keys=("image", "label"), modes=("bilinear", "nearest")),
+            LabelFilterd(keys="label", applied_labels=[SPLEEN]),
+        ]
 
-    network = segmentation_network()
-    if init is not None:
-        network.load_state_dict(torch.load(init, weights_only=True))
-    return fit(
-        network,
-        next_batch,
-        validate,
-        model_path,
-        epochs=epochs,
-        steps_per_epoch=steps_per_epoch,
-        checkpoint=model_path.with_suffix(".ckpt"),
-        time_limit_s=time_limit_s,
-        learning_rate=learning_rate,
-    )
+    def train_pre_transforms(self, context: Context):
+        patch = (int(context.request["crop_size"]),) * 3
+        hu_shift = float(context.request["hu_shift"])
+        return [
+            *self.grid(),
+            RandHUShiftScaled(keys="image", shift=hu_shift, scale=0.15 * hu_shift / 80.0, prob=0.8),
+            *ct_window(),
+            SpatialPadd(keys=("image", "label"), spatial_size=patch),
+            RandCropByPosNegLabeld(
+                keys=("image", "label"), label_key="label", spatial_size=patch, pos=2, neg=1, num_samples=2
+            ),
+            RandThickSlicesd(keys="image", spacing=TARGET_SPACING[2], thickness=(3.0, 8.0), prob=0.5),
+            RandGaussianNoised(keys="image", prob=0.3, std=0.04),
+        ]
+
+    def val_pre_transforms(self, context: Context):
+        return [*self.grid(), *ct_window()]
+
+    def val_inferer(self, context: Context):
+        return SlidingWindowInferer(roi_size=ROI_SIZE, sw_batch_size=1, overlap=0.25)
+
+    def train_handlers(self, context: Context):
+        handlers = super().train_handlers(context)
+        if self.held_out:
+            handlers.append(HeldOutDice(self.held_out, Compose(self.val_pre_transforms(context)), context))
+        return handlers
+
+
+class HeldOutDice:
+    """Prints the Dice of the held-out real scans after each epoch (not used to choose the weights)."""
+
+    def __init__(self, held_out: list[tuple[str, dict]], transforms, context: Context):
+        self.items = [(name, transforms(item)) for name, item in held_out]
+        self.context = context
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        network, device = self.context.network, self.context.device
+        network.eval()
+        scores = []
+        with torch.no_grad():
+            for name, item in self.items:
+                logits = sliding_window_inference(item["image"][None].to(device), ROI_SIZE, 1, network, overlap=0.25)
+                pred = logits.argmax(1).cpu() > 0
+                truth = torch.as_tensor(item["label"][0]) > 0
+                scores.append(f"{name} {dice(pred[0].numpy(), truth.numpy()):.3f}")
+        print(f"  held-out real CT Dice (working grid, not used for selection): {', '.join(scores)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,22 +192,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the box is shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = train(
-        args.output,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps,
-        seed=args.seed,
-        num_val=args.num_val,
+    trainer = SegmentationSpleenTrainer(
+        run_folder(args.output),
+        load_path=str(args.init) if args.init else None,
+        publish_path=str(args.output),
         shared_data=None if args.shared_data == "none" else Path(args.shared_data),
         holdout=tuple(h for h in args.holdout.split(",") if h),
-        init=args.init,
-        learning_rate=args.lr,
-        hu_shift=args.hu_shift,
-        dose_range=tuple(float(d) for d in args.doses.split(",")),
-        unenhanced_share=args.unenhanced_share,
-        time_limit_s=args.time_limit_min * 60 if args.time_limit_min else None,
     )
-    print({k: v for k, v in report.items() if k != "history"})
+    request = {
+        "max_epochs": args.epochs,
+        "steps_per_epoch": args.steps,
+        "seed": args.seed,
+        "num_val_phantoms": args.num_val,
+        "pretrained": args.init is not None,
+        "learning_rate": args.lr,
+        "hu_shift": args.hu_shift,
+        "dose_range": [float(d) for d in args.doses.split(",")],
+        "unenhanced_share": args.unenhanced_share,
+        "time_limit_s": args.time_limit_min * 60 if args.time_limit_min else 0,
+    }
+    report = trainer(request)
+    print({k: v for k, v in report.items() if k in REPORT_KEYS})
 
 
 if __name__ == "__main__":
