@@ -148,21 +148,34 @@ def split_list(value: str) -> tuple[str, ...]:
 
 
 def train(args: argparse.Namespace) -> None:
-    """Train one of the app's models and store its weights in the app's model folder."""
-    app_dir = Path(args.app_dir).resolve()
-    sys.path.insert(0, str(app_dir))
-    from lib.trainers import TRAINERS
+    """Train one of the app's models with its MONAI Label train task (the code MONAI Label's /train/ runs)
+    and publish the best weights to the app's model folder (or --output); runs in --output without `.pt`."""
+    from .app_loader import app_configs
 
-    if args.model not in TRAINERS:
-        raise SystemExit(f"unknown model '{args.model}'; trainable: {', '.join(TRAINERS)}")
-    output = Path(args.output) if args.output else app_dir / "model" / f"{args.model}.pt"
+    app_dir = Path(args.app_dir).resolve()
+    configs = app_configs(app_dir)
+    if args.model not in configs.CONFIGS:
+        raise SystemExit(f"unknown model '{args.model}'; trainable: {', '.join(configs.CONFIGS)}")
+    config = configs.load_configs(str(app_dir / "model"), {"models": args.model})[args.model]
+    output = Path(args.output).resolve() if args.output else Path(config.path)
+    options = {}
+    if args.data:
+        if args.model != "segmentation_spleen":
+            raise SystemExit("--data (an MSD Task09 folder) trains segmentation_spleen only")
+        options["data_dir"] = args.data
+    trainer = config.trainer(publish_path=str(output), **options)
+    datastore = None
+    if args.studies:
+        from monailabel.datastore.local import LocalDatastore
+
+        datastore = LocalDatastore(str(Path(args.studies).resolve()), auto_reload=False)
     logging.basicConfig(level=logging.WARNING)
-    report = TRAINERS[args.model](
-        output, data_dir=args.data, epochs=args.epochs, steps_per_epoch=args.steps, seed=args.seed
-    )
+    # From scratch at the rate the committed weights were trained with (MONAI Label's /train/ fine-tunes).
+    request = {"max_epochs": args.epochs, "steps_per_epoch": args.steps, "seed": args.seed}
+    report = trainer({**request, "pretrained": False, "learning_rate": 2e-3}, datastore)
     print(
-        f"best validation Dice {report['best_val_dice']:.4f} after {report['epochs']} epochs "
-        f"in {report['seconds']} s -> {output}"
+        f"best validation Dice {report['best_val_dice']:.4f} (epoch {report['best_epoch']}; 0: the starting "
+        f"weights) after {report['epochs']} epochs in {report['seconds']} s -> {output}"
     )
 
 
@@ -358,6 +371,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", help="weights file (default: the app's model folder)")
+    p.add_argument("--studies", help="also train on this MONAI Label datastore's final labels")
     p.add_argument("--app-dir", default=str(defaults.app_dir))
     p.set_defaults(func=train)
 
