@@ -183,10 +183,10 @@ def copy_member(
             while chunk := src.read(_CHUNK):
                 count(len(chunk))
                 dst.write(chunk)
+    except NotImplementedError:  # a RuntimeError too, so caught first
+        raise refusal(UNSUPPORTED_METHOD) from None
     except RuntimeError:  # zipfile: "File ... is encrypted, password required"
         raise refusal(ENCRYPTED) from None
-    except NotImplementedError:
-        raise refusal(UNSUPPORTED_METHOD) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError):
         raise damaged(archive, "ZIP") from None
 

@@ -24,7 +24,7 @@ from image_fixtures import (
 )
 
 from aiaa_core.volumes import to_array
-from server import dicom_reading
+from server import archives, dicom_reading
 from server.errors import BadRequest, PayloadTooLarge
 from server.image_reading import read_image
 
@@ -297,3 +297,37 @@ def test_real_single_dicom_file(shared_data, tmp_path):
     copy = shutil.copy(source, tmp_path / "IM0001.dcm")
     image = read_image([Path(copy)])
     assert image.GetSize() == (512, 512, 1)
+
+
+def _unreadable_member_zips(tmp_path: Path) -> dict[str, Path]:
+    """A ZIP whose member is encrypted, and one whose member uses a compression method zipfile lacks."""
+    zips = {}
+    # (local header offset, central directory offset) of the flags (bit 0: encrypted) and of the method
+    for what, name, offsets, value in (
+        ("password-protected", "locked.zip", (6, 8), 0x1),
+        ("compression method", "odd.zip", (8, 10), 97),
+    ):
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as archive:  # stored: flags and method 0
+            archive.writestr("IM1", b"x" * 100)
+        data = bytearray(path.read_bytes())
+        for signature, offset in zip((b"PK\x03\x04", b"PK\x01\x02"), offsets, strict=True):
+            at = data.index(signature) + offset
+            data[at : at + 2] = value.to_bytes(2, "little")
+        path.write_bytes(bytes(data))
+        zips[what] = path
+    return zips
+
+
+def test_zip_members_that_cannot_be_read_are_refused_in_each_caller_s_words(tmp_path):
+    # One ZIP reader (server.archives) serves DICOM uploads and model installs; each says it its own way.
+    for what, path in _unreadable_member_zips(tmp_path).items():
+        with pytest.raises(BadRequest) as err:
+            read_image([path])
+        assert err.value.message.startswith(f"The ZIP archive '{path.name}' ") and what in err.value.message
+        dest = tmp_path / f"model_{path.stem}"
+        dest.mkdir()
+        with pytest.raises(BadRequest) as err:
+            archives.unpack_zip(path, dest, path.name, archives.ArchiveLimits())
+        assert err.value.message.startswith(f"Refused '{path.name}': member 'IM1' ") and what in err.value.message
+        assert "nothing was installed" in err.value.message
