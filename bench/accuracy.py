@@ -39,7 +39,6 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "spleen"
-sys.path[:0] = [str(REPO), str(APP)]
 
 from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402

@@ -171,7 +171,6 @@ def use_session(case, session_id: str) -> None:
 
 def upload_session(url: str) -> str:
     """A small CT phantom as a session; its id."""
-    sys.path[:0] = [str(REPO)]
     from aiaa_core.phantoms import make_phantom, write_phantom
 
     with tempfile.TemporaryDirectory(prefix="aiaa-fuzz-image-") as tmp:
@@ -250,10 +249,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    import schemathesis
-
-    sys.path[:0] = [str(REPO / "bench")]
     import processes
+    import schemathesis
     from run_all import machine
 
     args = parse_args(argv)

@@ -28,7 +28,6 @@ import SimpleITK as sitk
 from requests_toolbelt.multipart.decoder import MultipartDecoder
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen"), str(REPO / "bench")]
 
 from engines import engines_table, measure_engines  # noqa: E402
 from processes import Server, start_aiaa, start_monailabel  # noqa: E402

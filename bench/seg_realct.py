@@ -11,7 +11,6 @@ mask, carried onto each variant's grid. Prints one line per case and a Markdown 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +20,16 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen")]
 
 from aiaa_core.evaluation import dice  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
 from aiaa_core.volumes import to_array  # noqa: E402
-from lib.trainers.data import REAL_CASES, read_case  # noqa: E402
+from server.app_loader import import_app_module  # noqa: E402
 from server.inference import run_model  # noqa: E402
 from server.registry import app_model, load_app_models  # noqa: E402
+
+_data = import_app_module(REPO / "apps" / "spleen", "lib.trainers.data")  # the app\'s real-CT cases
+REAL_CASES, read_case = _data.REAL_CASES, _data.read_case
 
 SPLEEN = 1
 VARIANTS = ("original", "5mm", "7.5mm", "+80HU", "-80HU", "LPS", "oblique")

@@ -36,7 +36,6 @@ import requests
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "apps" / "spleen"), str(REPO / "bench")]
 
 import processes  # noqa: E402
 from run_all import Client, click_sets, load, machine, percentile  # noqa: E402
@@ -133,9 +132,10 @@ def replacer(url: str, archive: Path, args, started: float, deadline: float, tal
 
 def exported_archive(name: str, out_dir: Path) -> Path:
     """The app model `name` as the MMAR zip `aiaa export` writes (config + TorchScript)."""
-    from lib.export import export_model
+    from server.app_loader import import_app_module
 
-    return export_model(REPO / "apps" / "spleen", name, "mmar", out_dir)
+    app_dir = REPO / "apps" / "spleen"
+    return import_app_module(app_dir, "lib.export").export_model(app_dir, name, "mmar", out_dir)
 
 
 def soak(args) -> dict:

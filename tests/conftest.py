@@ -6,7 +6,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from server.app_loader import import_app
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -117,5 +118,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# The app's own modules (`lib.evaluation`) measure accuracy in the tests as in bench/.
-sys.path.insert(0, str(REPO_ROOT / "apps" / "spleen"))
+# The app's own modules (`lib.infers`, `lib.export`...) for the tests that drive its tasks directly: loaded
+# once, through the one loader that may put an app on the import path (server/app_loader.py).
+APP_DIR = REPO_ROOT / "apps" / "spleen"
+import_app(APP_DIR)

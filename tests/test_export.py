@@ -4,20 +4,20 @@ gives the app model's mask on the input grid."""
 from __future__ import annotations
 
 import json
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 
 from aiaa_core.phantoms import LABELS, make_phantom
 from aiaa_core.volumes import to_array
+from server.app_loader import import_app_module
 from server.cli import main
 from server.inference import describe_mask, run_model
 from server.model_formats import load_model
 from server.registry import ServedModel
-from server.settings import REPO_ROOT
 
 APP_DIR = REPO_ROOT / "apps" / "spleen"
 MODELS = ("segmentation_spleen", "deepgrow_3d", "extreme_points")
@@ -42,8 +42,7 @@ def request_for(name: str, phantom) -> dict:
 @pytest.fixture(scope="module")
 def app_masks(phantom):
     """The app models' own masks (eager PyTorch, as the exported TorchScript runs eagerly too)."""
-    sys.path.insert(0, str(APP_DIR))
-    from lib.export import app_model
+    app_model = import_app_module(APP_DIR, "lib.export").app_model
 
     masks = {}
     for name in MODELS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 
 import numpy as np
@@ -16,6 +15,7 @@ from conftest import REPO_ROOT, start_server, stop_server
 
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from aiaa_core.volumes import to_array
+from server.app_loader import import_app_module
 from server.inference import describe_mask
 from tests.test_model_formats import clara4_config, write_mmar
 
@@ -33,8 +33,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    sys.path.insert(0, str(APP_DIR))
-    from lib.export import export_model
+    export_model = import_app_module(APP_DIR, "lib.export").export_model
 
     out = tmp_path_factory.mktemp("exports")
     return {

@@ -6,13 +6,9 @@ and body conform to the document. Bounded: a few examples per operation and mode
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import requests
-from conftest import REPO_ROOT, start_server, stop_server
-
-sys.path.insert(0, str(REPO_ROOT / "bench"))
+from conftest import start_server, stop_server
 from fuzz import ADMIN, SERVER_ARGS, SERVER_ENV, auth_header, fuzz, upload_session  # noqa: E402
 
 EXAMPLES = 5  # per operation and mode

@@ -5,19 +5,13 @@ reader (against nibabel and SimpleITK), background tasks and URL history."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from requests_toolbelt import MultipartEncoder
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_plugin" / "AIAASegment"))
-
 from AIAASegmentLib import (  # noqa: E402
     AIAAError,
     BackgroundTask,
@@ -48,6 +42,7 @@ from AIAASegmentLib import (  # noqa: E402
     world_to_ijk,
     write_nifti,
 )
+from requests_toolbelt import MultipartEncoder
 
 from aiaa_core.phantoms import make_phantom  # noqa: E402
 from aiaa_core.volumes import ras_affine, to_array  # noqa: E402

@@ -9,15 +9,10 @@ A test whose model the server does not serve yet (weights not trained) is skippe
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_plugin" / "AIAASegment"))
-
 from AIAASegmentLib import (  # noqa: E402
     Client,
     ModelNotFound,

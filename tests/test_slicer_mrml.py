@@ -12,8 +12,6 @@ the checkpoint is exercised with the real vtkSegmentationHistory the editor uses
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed `slicer` module has no MRML classes", allow_module_level=True)
 vtk = pytest.importorskip("vtk")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "slicer_plugin" / "AIAASegment"))
 
 from AIAASegmentLib import BadInput, Client, ModelInfo, Result, ijk_to_world, read_nifti, write_nifti  # noqa: E402
 from AIAASegmentSlicer import mrml_bridge  # noqa: E402
