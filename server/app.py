@@ -24,6 +24,7 @@ from .errors import ApiError, PayloadTooLarge
 from .inference import warm_up
 from .logs import loggable, session_tag
 from .metrics import Metrics
+from .monailabel_api import register as register_monailabel
 from .origins import register_origin_policy
 from .params import MAX_PARAMS_BYTES
 from .registry import ModelRegistry
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     register_origin_policy(app, settings)  # first: an unlisted Host or origin gets nothing else
     for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp, admin.bp):
         app.register_blueprint(blueprint)
+    register_monailabel(app)  # MONAI Label's API under /monailabel, and PUT /v1/label (server/monailabel_api)
     register_error_handlers(app)
     register_request_log(app)
 

@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import logging
 import resource
+import sys
 from pathlib import Path
 
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
@@ -115,6 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_hosts=split_list(args.allowed_hosts),
         cors_origins=split_list(args.cors_origins),
         session_dir=args.session_dir,
+        datastore_dir=args.datastore,
         redis_url=args.redis,
         ray_address=args.ray,
         session_expiry_s=args.session_expiry,
@@ -189,10 +191,9 @@ def phantom(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Export one of the app's models as an MMAR (v4 config + TorchScript) or MONAI bundle zip."""
-    from .app_loader import import_app_module
-
     app_dir = Path(args.app_dir).resolve()
-    export_model = import_app_module(app_dir, "lib.export").export_model
+    sys.path.insert(0, str(app_dir))
+    from lib.export import export_model
 
     for fmt in args.format:
         print(export_model(app_dir, args.model, fmt, Path(args.out)))
@@ -318,6 +319,9 @@ def parser() -> argparse.ArgumentParser:
         help="largest unpacked/packed size ratio of a model archive (compression bombs)",
     )
     p.add_argument("--session-dir", default=str(defaults.session_dir), help="where session files live")
+    p.add_argument(
+        "--datastore", default=str(defaults.datastore_dir), help="annotation datastore: images and labels to train on"
+    )
     p.add_argument(
         "--redis",
         default=defaults.redis_url,

@@ -6,9 +6,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .app_loader import default_app_dir
 from .archives import ArchiveLimits
 from .auth import AdminCredentials
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -16,7 +17,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     model_repo: Path = field(default_factory=lambda: Path("model_repo"))
-    app_dir: Path = field(default_factory=default_app_dir)  # apps/spleen of the checkout or the wheel
+    app_dir: Path = REPO_ROOT / "apps" / "spleen"
     app_models: str = "all"  # which of the app's models to serve (comma separated names)
     log_dir: Path = field(default_factory=lambda: Path("logs"))
     threads: int = 8  # waitress worker threads
@@ -29,6 +30,7 @@ class Settings:
     device: str = "cpu"
     url_prefix: str = ""  # e.g. "/aiaa": also serve every route under this path prefix
     session_dir: Path = field(default_factory=lambda: Path("sessions"))
+    datastore_dir: Path = field(default_factory=lambda: Path("datastore"))  # images + labels (server/monailabel_api)
     session_expiry_s: float = 3600.0  # when the client asks for none (expiry=0 or absent)
     session_max_expiry_s: float = 24 * 3600.0
     session_max_bytes: int = 8 * 1024**3  # decoded images held by all sessions together
