@@ -15,9 +15,9 @@ import requests
 from aiaa_helpers import parse_result, post, to_ijk
 from conftest import generated_admin, start_server, stop_server
 
+from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 from server import logs
 from server.auth import AdminCredentials, effective_credentials
-from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
 PATIENT = "DOE_JANE_19570101"  # uploads named like a patient: the name must reach no log
 RECORD_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) (?P<name>[\w.]+): ")

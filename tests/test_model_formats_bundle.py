@@ -10,10 +10,10 @@ import torch
 import yaml
 from monai.networks.nets import UNet
 
+from aiaa_core.phantoms import make_phantom
 from server.errors import BadRequest
 from server.inference import run_model
 from server.model_formats import load_model
-from aiaa_core.phantoms import make_phantom
 from tests.test_model_formats import CT_WINDOW, SMALL_UNET, ThresholdNet, dice, expected_mask
 
 

@@ -33,9 +33,9 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from aiaa_core import __version__
 from aiaa_core import transforms as app_transforms
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
+from aiaa_core.weights import load_state_dict
 from lib.configs import load_configs
 from lib.infers.interactive import KeepUncroppedd
-from aiaa_core.weights import load_state_dict
 
 FORMATS = UPLOAD_FORMATS
 OWN = "aiaa.transforms."  # the prefix under which the server's allow-list knows the app's transforms
