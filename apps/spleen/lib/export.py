@@ -4,7 +4,7 @@ The exported pipeline is read off the app's own task (its pre-transforms, infere
 instance by instance), never written a second time: a transform this module cannot describe stops the
 export. The app's transforms are named `aiaa.transforms.<Class>`, which the server's allow-list maps to
 these same classes (a stock Clara/MONAI host does not have them). The server's v4 and bundle readers
-(`server.model_formats`) load the result and give the same masks as the app (tests/test_export.py).
+(`server/model_formats`) load the result and give the same masks as the app (tests/test_export.py).
 Exported click models infer on one crop: the app's zoom-out pass (`lib/infers/interactive.py`) is
 the app task's own loop, not a transform, so a generic host runs the first pass only.
 """
