@@ -6,7 +6,6 @@ import argparse
 import ctypes
 import logging
 import resource
-import sys
 from pathlib import Path
 
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
@@ -191,9 +190,10 @@ def phantom(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     """Export one of the app's models as an MMAR (v4 config + TorchScript) or MONAI bundle zip."""
+    from .app_loader import import_app_module
+
     app_dir = Path(args.app_dir).resolve()
-    sys.path.insert(0, str(app_dir))
-    from lib.export import export_model
+    export_model = import_app_module(app_dir, "lib.export").export_model
 
     for fmt in args.format:
         print(export_model(app_dir, args.model, fmt, Path(args.out)))

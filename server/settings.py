@@ -6,10 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .app_loader import default_app_dir
 from .archives import ArchiveLimits
 from .auth import AdminCredentials
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -17,7 +16,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     model_repo: Path = field(default_factory=lambda: Path("model_repo"))
-    app_dir: Path = REPO_ROOT / "apps" / "spleen"
+    app_dir: Path = field(default_factory=default_app_dir)  # apps/spleen of the checkout or the wheel
     app_models: str = "all"  # which of the app's models to serve (comma separated names)
     log_dir: Path = field(default_factory=lambda: Path("logs"))
     threads: int = 8  # waitress worker threads
