@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from aiaa_core.engines import EngineSettings
 
 from .auth import effective_credentials
+from .backends import BackendCollector, BackendKind, open_backend
 from .blueprints import admin, dashboard, inference, ops, polygons, sessions
 from .errors import ApiError, PayloadTooLarge
 from .inference import warm_up
@@ -56,6 +57,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     store = open_session_store(settings)  # in memory, or Redis in the cluster mode
     app.extensions["aiaa.sessions"] = store
     app.extensions["aiaa.metrics"] = Metrics(registry, store)
+    backend = open_backend(settings)  # in-process, or Ray Serve in the cluster mode (joins it when first used)
+    app.extensions["aiaa.backend"] = backend
+    app.extensions["aiaa.metrics"].registry.register(BackendCollector(backend))
     app.extensions["aiaa.scheduler"] = Scheduler(
         settings.interactive_workers,
         settings.interactive_queue,
@@ -63,7 +67,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         settings.batch_queue,
         threads=settings.inference_threads,
     )
-    if settings.warm_up:
+    if settings.warm_up and backend.kind == BackendKind.IN_PROCESS:  # Ray Serve replicas warm up their own
         warm_up(registry.list(), settings.device)
     register_origin_policy(app, settings)  # first: an unlisted Host or origin gets nothing else
     for blueprint in (inference.bp, sessions.bp, polygons.bp, ops.bp, dashboard.bp, admin.bp):

@@ -118,6 +118,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         datastore_dir=args.datastore,
         redis_url=args.redis,
         ray_address=args.ray,
+        ray_min_replicas=args.ray_min_replicas,
+        ray_max_replicas=args.ray_max_replicas,
+        ray_replicas_per_node=args.ray_replicas_per_node,
+        ray_replica_cpus=args.ray_replica_cpus,
         session_expiry_s=args.session_expiry,
         session_max_expiry_s=args.session_max_expiry,
         session_max_bytes=int(args.session_max_mb * 2**20),
@@ -334,6 +338,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="infer on this Ray cluster through Ray Serve (host:port; default AIAA_RAY_ADDRESS, else in-process)",
     )
+    p.add_argument("--ray-min-replicas", type=int, default=defaults.ray_min_replicas, help="fewest replicas per model")
+    p.add_argument("--ray-max-replicas", type=int, default=defaults.ray_max_replicas, help="most replicas per model")
+    p.add_argument(
+        "--ray-replicas-per-node",
+        type=int,
+        default=defaults.ray_replicas_per_node,
+        help="at most this many replicas of one model per Ray node (0: no limit)",
+    )
+    p.add_argument("--ray-replica-cpus", type=float, default=defaults.ray_replica_cpus, help="Ray CPUs per replica")
     p.add_argument(
         "--session-expiry",
         type=float,

@@ -54,7 +54,8 @@ class Settings:
     ray_address: str = field(default_factory=lambda: os.environ.get("AIAA_RAY_ADDRESS", ""))  # "": in-process
     ray_min_replicas: int = 1  # per served model (Ray Serve autoscaling bounds)
     ray_max_replicas: int = 2
-    ray_sessions_per_replica: int = 16  # sessions one replica keeps prepared (`@serve.multiplexed`)
+    ray_replicas_per_node: int = 0  # at most this many replicas of one model per node; 0: no limit
+    ray_replica_cpus: float = 1.0  # Ray CPUs each replica reserves
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
 

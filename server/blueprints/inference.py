@@ -11,7 +11,6 @@ from ..budget import pipeline_bytes
 from ..errors import BadRequest
 from ..image_headers import ImageHeader
 from ..image_reading import require_3d
-from ..inference import run_model
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..registry import ModelRegistry, ServedModel
@@ -24,6 +23,11 @@ bp = Blueprint("inference", __name__)
 
 def registry() -> ModelRegistry:
     return current_app.extensions["aiaa.registry"]
+
+
+def backend():
+    """Where the model runs: in this process, or on Ray Serve (`server.backends`)."""
+    return current_app.extensions["aiaa.backend"]
 
 
 def label_matches(labels: list[str], query: str) -> bool:
@@ -102,7 +106,7 @@ def infer(op: str, model_type: str | None = None):
         if model.task.dimension == 3:
             require_3d(image, model.name)
         inputs = TASK_INPUTS[model.type](params, image)
-        mask, result = run_model(model, image, inputs, device=device, session=session, pacing=slot.pacing)
+        mask, result = backend().run(model, image, inputs, device=device, session=session, pacing=slot.pacing)
         result["latencies"]["queue"] = round(slot.queued_s, 4)
         reply = mask_reply(mask, image, result, params, output)
     record_inference(model.name, result["latencies"])
