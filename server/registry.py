@@ -14,7 +14,6 @@ any upload; a deleted app model is remembered and not seeded again.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from aiaa_core.vocabularies import ModelFormat
 
 from .errors import ApiError, NotFound
 from .model_formats import LoadContext, handler
-from .model_formats.app import APP_WEIGHTS, app_model, app_model_names, load_app_models
-from .model_store import MARKER, TOMBSTONE, ModelStore, check_name, copy_version, sha256
+from .model_formats.app import AppFormat, app_model, app_model_names, load_app_models
+from .model_store import MARKER, TOMBSTONE, ModelStore, check_name, copy_version
 from .served_model import ServedModel
 from .smoke_test import smoke_image, smoke_inputs, smoke_test
 
@@ -130,28 +129,9 @@ class ModelRegistry:
     def _seed_app_model(self, name: str, current: Path | None) -> Path | None:
         """Copy an app model's weights into the store (first start, or when the app's weights changed)."""
         assert self.app_dir is not None
-        weights = self.app_dir / "model" / f"{name}.pt"
         if name in self._removed_app_models():
             return None
-        if not weights.is_file():
-            if current is None:
-                logger.warning("not serving '%s': no weights at %s (run `aiaa train %s`)", name, weights, name)
-            return None
-        digest = sha256(weights)
-        if current is not None:
-            marker = self.store.marker(current)
-            if marker.get("format") != ModelFormat.APP or marker.get("weights_sha256") == digest:
-                return None  # an upload replaced it, or it is up to date
-            logger.info("'%s': the app's weights changed; updating the store's copy", name)
-        with self.store.staging() as work:
-            folder = work / "model"
-            (folder / APP_WEIGHTS).parent.mkdir(parents=True)
-            shutil.copy2(weights, folder / APP_WEIGHTS)
-            self.store.commit(folder, name, ModelFormat.APP, model=name, weights_sha256=digest)
-            target = self.store.new_version(name, folder)
-        if current is not None:
-            self.store.discard(current)
-        return target
+        return AppFormat.seed(self.store, self.app_dir, name, current)
 
     def _removed_app_models(self) -> list[str]:
         return self.store.removed_app_models()

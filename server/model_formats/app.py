@@ -5,6 +5,7 @@ its marker names the app model (`"model"`), so an admin can replace or delete it
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from aiaa_core.engines import CONF_DEVICE, EngineSettings
@@ -12,6 +13,7 @@ from aiaa_core.vocabularies import ModelFormat
 
 from ..app_loader import app_configs
 from ..errors import BadRequest
+from ..model_store import ModelStore, sha256
 from ..served_model import ServedModel
 from .base import LoadContext, ModelFormatHandler
 from .bundle import BundleFormat
@@ -79,6 +81,31 @@ class AppFormat(ModelFormatHandler):
             raise BadRequest(f"'{name}' is an app model, but no app is configured to build it.")
         weights = folder / APP_WEIGHTS
         return app_model(context.app_dir, context.marker["model"], weights, name, context.engines, context.device)
+
+    @classmethod
+    def seed(cls, store: ModelStore, app_dir: Path, name: str, current: Path | None) -> Path | None:
+        """Commit the app's weights of `name` as a new version (first start, or the app's weights changed);
+        None when there is nothing to do (no weights, up to date, or an upload replaced the app's model)."""
+        weights = app_dir / "model" / f"{name}.pt"
+        if not weights.is_file():
+            if current is None:
+                logger.warning("not serving '%s': no weights at %s (run `aiaa train %s`)", name, weights, name)
+            return None
+        digest = sha256(weights)
+        if current is not None:
+            marker = store.marker(current)
+            if marker.get("format") != cls.format or marker.get("weights_sha256") == digest:
+                return None  # an upload replaced it, or it is up to date
+            logger.info("'%s': the app's weights changed; updating the store's copy", name)
+        with store.staging() as work:
+            folder = work / "model"
+            (folder / APP_WEIGHTS).parent.mkdir(parents=True)
+            shutil.copy2(weights, folder / APP_WEIGHTS)
+            store.commit(folder, name, cls.format, model=name, weights_sha256=digest)
+            target = store.new_version(name, folder)
+        if current is not None:
+            store.discard(current)
+        return target
 
     def stored_config(self, folder: Path, model: ServedModel, marker: dict) -> dict:
         return {"source": ModelFormat.APP, "model": marker["model"], **model.info()}
