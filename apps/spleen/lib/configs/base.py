@@ -30,11 +30,14 @@ class AppModelConfig(TaskConfig):
     def trainer(self, publish_path: str | None = None, load_path: str | None = None, **options) -> BasicTrainTask:
         """The model's MONAI Label train task (stock `monailabel start_server`, our server, `aiaa train`).
 
-        It publishes its best weights to `publish_path` (default: the served model/<name>.pt), keeps its runs
-        in that path without `.pt` (model/<name>/<run name>/), and starts from `load_path` (default: the
-        published weights) when the request says `pretrained`. `options`: the trainer's own (data_dir, ...).
+        It publishes its best weights to `publish_path` (default: the served model/<name>.pt) unless the
+        request says `publish: false`, and starts from `load_path` (default: the published weights) when
+        the request says `pretrained`. Runs are kept in `publish_path` without `.pt` (model/<name>/<run
+        name>/), or in `<conf train_dir>/<name>/` (e.g. when the app folder is read-only, as in the wheel).
+        `options`: the trainer's own (data_dir, ...).
         """
         publish_path = publish_path or self.path
+        runs = os.path.join(self.conf["train_dir"], self.name) if self.conf.get("train_dir") else None
         return self.trainer_class(
-            run_folder(publish_path), load_path=load_path or publish_path, publish_path=publish_path, **options
+            runs or run_folder(publish_path), load_path=load_path or publish_path, publish_path=publish_path, **options
         )

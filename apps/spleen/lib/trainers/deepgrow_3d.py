@@ -134,7 +134,8 @@ class DeepGrow3DTrainer(ClickTrainTask):
 
     def network(self, context):
         network = deepgrow_network()
-        warm_start(network, Path(os.environ.get(WARM_START_ENV) or Path(self._model_dir).parent / "extreme_points.pt"))
+        served = Path(self._publish_to or self._model_dir).parent  # the app's model folder (or --output's)
+        warm_start(network, Path(os.environ.get(WARM_START_ENV) or served / "extreme_points.pt"))
         return network
 
     def iteration(self, engine, samples: list[dict]) -> dict:

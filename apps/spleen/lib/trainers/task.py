@@ -102,6 +102,7 @@ class AppTrainTask(BasicTrainTask):
         self._record = RunRecord()
         self._val_handler_list: list = []
         self._counts: dict[str, int] = {}
+        self._publish_to = kwargs.get("publish_path")
         config = {**self.common_defaults, **self.defaults, **kwargs.pop("config", {})}
         kwargs.setdefault("amp", False)  # fp32 as the weights were trained; AMP is a CUDA-only gain
         kwargs.setdefault("key_metric_filename", KEY_METRIC_FILE)
@@ -212,9 +213,10 @@ class AppTrainTask(BasicTrainTask):
         limit = float(context.request.get("time_limit_s") or 0)
         if limit > 0:
             trainer.add_event_handler(Events.EPOCH_COMPLETED, _stop_after, context.start_ts + limit)
-        if not context.request.get("publish", True):
-            self._publish_path = None
+        self._publish_path = self._publish_to if context.request.get("publish", True) else None
         super().finalize(context)
+        if evaluator is not None and context.local_rank == 0:  # after the publisher: add our figures to its file
+            evaluator.add_event_handler(Events.EPOCH_COMPLETED, self._write_progress, context)
 
     def _record_loss(self, engine) -> None:
         self._record.losses.append(float(from_engine(["loss"], first=True)(engine.state.output)))
@@ -251,32 +253,47 @@ class AppTrainTask(BasicTrainTask):
         for key in CHOICE_KEYS:
             if isinstance(request.get(key), list):
                 request[key] = request[key][0] if request[key] else None
-        started = time.time()
+        self._started = time.time()
         self._record = RunRecord()  # the resume loader fills it when an unfinished run is continued
         stats = super().train(rank, world_size, request, datalist)
-        best, best_epoch = self._record.best
-        output_dir = os.path.join(self._model_dir, request["name"])
-        finished = bool(self._record.history) and self._record.history[-1]["epoch"] >= int(request["max_epochs"])
-        if finished:
-            for path in glob.glob(os.path.join(output_dir, f"{RESUME_PREFIX}_*.pt")):
+        report = self.report(request)
+        if report["finished"]:
+            for path in glob.glob(os.path.join(self._model_dir, request["name"], f"{RESUME_PREFIX}_*.pt")):
                 os.remove(path)
-        report = {
+        stats.update(report)
+        self._write_stats(stats)
+        return stats
+
+    def report(self, request: dict) -> dict:
+        """The run's figures: best validation Dice and its epoch (0: the starting weights), the starting
+        weights' Dice, per-epoch history, where the best weights are, whether all epochs ran."""
+        best, best_epoch = self._record.best
+        history = self._record.history
+        return {
             "best_val_dice": best,
             "best_epoch": best_epoch,
             "baseline_val_dice": self._record.baseline,
             "epochs": int(request["max_epochs"]),
-            "seconds": round(time.time() - started, 1),
-            "history": self._record.history,
-            "finished": finished,
-            "weights": os.path.join(output_dir, KEY_METRIC_FILE),
+            "seconds": round(time.time() - self._started, 1),
+            "history": history,
+            "finished": bool(history) and history[-1]["epoch"] >= int(request["max_epochs"]),
+            "weights": os.path.join(self._model_dir, request["name"], KEY_METRIC_FILE),
             "published": self._publish_path,
             **self._counts,
         }
-        stats.update(report)
-        if self._stats_path:  # MONAI Label's /info/ train_stats and our server read the final report here
-            with open(self._stats_path, "w") as f:
+
+    def _write_progress(self, evaluator, context: Context) -> None:
+        """train_stats.json as MONAI Label's publisher wrote it this epoch, plus `report`."""
+        if self._stats_path and os.path.exists(self._stats_path):
+            with open(self._stats_path) as f:
+                stats = json.load(f)
+            self._write_stats({**stats, **self.report(context.request), "finished": False})
+
+    def _write_stats(self, stats: dict) -> None:
+        if self._stats_path:  # MONAI Label's /info/ train_stats and our server read the run's figures here
+            with open(self._stats_path + ".tmp", "w") as f:
                 json.dump(stats, f, indent=2, default=str)
-        return stats
+            os.replace(self._stats_path + ".tmp", self._stats_path)
 
 
 class _TrainerState:
