@@ -1,5 +1,5 @@
-"""The app runs under stock `monailabel start_server`: /info lists its three models, /infer returns masks
-on the input grid (MONAI Label's own writer, fed by the app's RestoreGeometryd)."""
+"""The app runs under stock `monailabel start_server`: /info lists its three models and their trainers, /infer
+returns masks on the input grid (MONAI Label's own writer, fed by the app's RestoreGeometryd)."""
 
 from __future__ import annotations
 
@@ -75,6 +75,15 @@ def test_info_lists_the_three_models(monailabel_server):
         "extreme_points": "annotation",
     }
     assert models["segmentation_spleen"]["labels"] == {"spleen": 1}
+
+
+def test_info_lists_a_trainer_per_model(monailabel_server):
+    """Each model trains under MONAI Label (tests/test_monailabel_training.py runs one); its config is offered."""
+    url, _ = monailabel_server
+    trainers = requests.get(f"{url}/info/", timeout=30).json()["trainers"]
+    assert set(trainers) == {"segmentation_spleen", "deepgrow_3d", "extreme_points"}
+    for trainer in trainers.values():
+        assert {"max_epochs", "steps_per_epoch", "publish", "pretrained"} <= set(trainer["config"])
 
 
 @pytest.mark.parametrize("model", ["segmentation_spleen", "extreme_points"])

@@ -1,7 +1,9 @@
 """MONAI Label app: spleen segmentation (and, as they land, DeepGrow 3D and extreme points).
 
 Runs under stock `monailabel start_server --app apps/spleen --studies DIR`; our AIAA server loads the
-same model configs through `lib.configs.load_configs`, so the pipelines exist once.
+same model configs through `lib.configs.load_configs`, so the pipelines exist once. Each model's config
+also gives its trainer (a MONAI Label BasicTrainTask, lib/trainers): POST /train/<model> fine-tunes it on
+the datastore's final labels plus synthetic phantoms, and `aiaa train <model>` runs the same task.
 """
 
 from __future__ import annotations
