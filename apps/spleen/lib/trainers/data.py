@@ -4,6 +4,7 @@ folder, and the real CTs of ../shared/data."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from aiaa_core.phantoms import ORIENTATIONS, make_phantom
 from aiaa_core.volumes import read_image_file, to_metatensor
 
+SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
 PHANTOM_FOV_MM = (360.0, 300.0, 220.0)
 VALIDATION_SEED_OFFSET = 100_000  # validation phantoms use seeds from here on, never used in training
 
@@ -69,14 +71,19 @@ def msd_items(data_dir: Path) -> list[dict]:
     return [{"image": str(data_dir / i["image"]), "label": str(data_dir / i["label"])} for i in dataset["training"]]
 
 
-def real_items(shared_data: Path) -> list[dict]:
-    """The real CTs with their TotalSegmentator masks resampled onto the CT grid (empty when absent)."""
+def real_items(
+    shared_data: Path | None, wanted: Callable[[str], bool] = lambda image_name: True
+) -> list[tuple[str, dict]]:
+    """(image name, item) of the real CTs present in `shared_data` that are `wanted`, with their
+    TotalSegmentator masks resampled onto the CT grid (empty when absent)."""
     items = []
     for image_name, label_name in REAL_CASES:
+        if shared_data is None or not wanted(image_name):
+            continue
         if not (shared_data / image_name).exists() or not (shared_data / label_name).exists():
             continue
         image, label = read_case(shared_data, image_name, label_name)
-        items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
+        items.append((image_name, {"image": to_metatensor(image), "label": to_metatensor(label)}))
     return items
 
 

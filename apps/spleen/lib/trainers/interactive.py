@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.inferers import SimpleInferer
 from monai.transforms import Randomizable
@@ -23,13 +22,19 @@ from monailabel.tasks.train.basic_train import Context
 
 from aiaa_core.phantoms import LABELS
 from aiaa_core.transforms import AIR_HU, LoadImageOrTensord, PointHeatmapsd
-from aiaa_core.volumes import read_image_file, to_metatensor
 
 from .augment import thick_slices
-from .data import REAL_CASES, VALIDATION_SEED_OFFSET, TrainingObject, datastore_items, objects, phantom_items
+from .data import (
+    SHARED_DATA,
+    VALIDATION_SEED_OFFSET,
+    TrainingObject,
+    datastore_items,
+    objects,
+    phantom_items,
+    real_items,
+)
 from .task import AppTrainTask
 
-SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
 REAL_PATIENTS_ENV = "AIAA_REAL_PATIENTS"  # which real patients' structures to train on (default: all)
 WARM_START_ENV = "AIAA_WARM_START"  # weights to start from (default: the trainer's own choice)
 PATIENT_OF_CASE = {"totalseg/example_ct.nii.gz": "example_ct", "totalseg/example_ct_dicom": "dicom"}
@@ -42,15 +47,7 @@ def training_patients() -> set[str]:
 
 def patient_items(shared_data: Path, patients: set[str]) -> list[dict]:
     """The real CTs of `patients`, with their label maps on the CT grid."""
-    items = []
-    for image_name, label_name in REAL_CASES:
-        image_path, label_path = shared_data / image_name, shared_data / label_name
-        if PATIENT_OF_CASE.get(image_name) not in patients or not (image_path.exists() and label_path.exists()):
-            continue
-        image = read_image_file(image_path)
-        label = sitk.Resample(sitk.ReadImage(str(label_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
-        items.append({"image": to_metatensor(image), "label": to_metatensor(label)})
-    return items
+    return [item for _, item in real_items(shared_data, lambda name: PATIENT_OF_CASE.get(name) in patients)]
 
 
 def augment_crop(image: torch.Tensor, slice_mm: float, rng: np.random.Generator) -> torch.Tensor:

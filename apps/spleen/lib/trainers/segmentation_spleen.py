@@ -37,17 +37,15 @@ from monailabel.tasks.train.basic_train import Context
 
 from aiaa_core.mask_geometry import dice
 from aiaa_core.transforms import LoadImageOrTensord
-from aiaa_core.volumes import to_metatensor
 from lib.infers.segmentation_spleen import ROI_SIZE, TARGET_SPACING, ct_window, working_grid
 from lib.networks import segmentation_network
 
 from .augment import RandHUShiftScaled, RandThickSlicesd
-from .data import REAL_CASES, VALIDATION_SEED_OFFSET, msd_items, phantom_items, read_case
+from .data import SHARED_DATA, VALIDATION_SEED_OFFSET, msd_items, phantom_items, real_items
 from .task import REPORT_KEYS, AppTrainTask, run_folder
 
 PATCH = (64, 64, 64)
 SPLEEN = 1  # spleen label value in the phantoms, in MSD Task09 and in TotalSegmentator's masks
-SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # ../shared/data beside the repo
 REAL_SHARE = 0.25  # of the samples drawn, about this many come from the real CTs
 
 
@@ -104,13 +102,9 @@ class SegmentationSpleenTrainer(AppTrainTask):
             split = max(1, len(items) // 5)
             train_items, val_items = items[split:], items[:split]
         real, self.held_out = [], []
-        if self.shared_data is not None and self.shared_data.is_dir():
-            for image_name, label_name in REAL_CASES:
-                if (self.shared_data / image_name).exists() and (self.shared_data / label_name).exists():
-                    image, label = read_case(self.shared_data, image_name, label_name)
-                    item = {"image": to_metatensor(image), "label": to_metatensor(label)}
-                    name = scan_name(image_name)
-                    (self.held_out if name in self.holdout else real).append((name, item))
+        for image_name, item in real_items(self.shared_data):
+            name = scan_name(image_name)
+            (self.held_out if name in self.holdout else real).append((name, item))
         if real:
             repeat = max(1, round(REAL_SHARE * len(train_items) / ((1 - REAL_SHARE) * len(real))))
             train_items = train_items + [item for _, item in real] * repeat
