@@ -20,7 +20,7 @@ import requests
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
 from cluster_helpers import RedisServer
-from conftest import start_server, stop_server
+from conftest import generated_admin, start_server, stop_server
 
 from aiaa_core.evaluation import centre_click
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
@@ -106,6 +106,9 @@ def test_clicks_on_the_cluster_equal_the_embedded_server_bit_for_bit(cluster, ph
     ready = requests.get(f"{a.url}/ready", timeout=30).json()
     assert ready["backend"]["kind"] == "ray-serve" and ready["store"]["kind"] == "redis"
     assert ready["backend"]["deployments"][MODEL]["replicas"].get("RUNNING") == 2
+    dashboard = requests.get(f"{a.url}/v1/dashboard", params={"format": "json"}, auth=generated_admin(a), timeout=30)
+    shown = dashboard.json()["cluster"]
+    assert shown["backend"]["served_by"] and shown["store"]["kind"] == "redis"
     metrics = requests.get(f"{a.url}/metrics", timeout=30).text
     assert re.search(rf'aiaa_backend_requests_total\{{model="{MODEL}",node="\w+",replica="\w+"\}} [1-9]', metrics)
 

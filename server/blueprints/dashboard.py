@@ -18,6 +18,7 @@ from ..auth import admin_required
 from ..errors import BadRequest
 from ..metrics import app_metrics, refused_models
 from ..openapi import Param, document
+from .ops import cluster_state
 
 bp = Blueprint("dashboard", __name__)
 REFRESH_S = 5
@@ -83,6 +84,7 @@ def dashboard_data() -> dict:
         "latency_ms": summary["latency_ms"],
         "recent_errors": summary["recent_errors"],
         "sessions": session_stats(now),
+        "cluster": cluster_state(),  # the session store and the inference backend (Ray Serve replicas)
         "process": process_stats(),
         "series": summary["series"],
     }

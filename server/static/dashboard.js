@@ -109,6 +109,15 @@
       s.id, s.size.join("×"), [bytes(s.bytes), "num"], [duration(s.age_s), "num"], [duration(s.idle_s), "num"],
       [duration(s.expiry_s), "num"],
     ], (s) => ({ session: s.id }));
+    const store = d.cluster.store, backend = d.cluster.backend || { kind: "in-process" };
+    const deployments = Object.entries(backend.deployments || {}).map(([m, x]) =>
+      m + " " + x.status + " " + Object.entries(x.replicas).map(([k, v]) => v + " " + k).join(", "));
+    set("cluster-state", "sessions: " + store.kind + (store.url ? " " + store.url : "") +
+      (store.reachable === false ? " (unreachable)" : "") + "; inference: " + backend.kind +
+      (backend.address ? " " + backend.address : "") + (deployments.length ? "; " + deployments.join("; ") : ""));
+    fillTable("replicas", backend.served_by || [], (r) => [
+      r.model, r.replica, r.node.slice(0, 12), [String(r.requests), "num"], [r.seconds.toFixed(1), "num"],
+    ]);
     fillTable("errors", d.recent_errors, (e) => [
       clock(e.time), [String(e.status), "bad"], e.method, e.endpoint, e.model, e.message,
     ]);
