@@ -23,6 +23,9 @@ runs it (the model object's `engine` key).
 Exported files are cached in one folder (`EngineSettings.cache_dir`: `AIAA_ENGINE_CACHE`, default
 `~/.cache/aiaa/engines`), named by a hash of the network's definition and weights: a new checkpoint
 re-exports by itself, and the same weights in another model folder reuse the export.
+
+(A little over 400 lines on purpose: the engines, the exports they are built from and the pacing they run
+under are one API that the app, the registry and the scheduler share.)
 """
 
 from __future__ import annotations
