@@ -145,21 +145,25 @@ class ModelRegistry:
         """A private work folder on the store's filesystem, removed afterwards (and at startup)."""
         return self.store.staging()
 
-    def install(self, name: str, prepared: Path, fmt: str, pacing: Pacing | None = None) -> ServedModel:
+    def install(
+        self, name: str, prepared: Path, fmt: str, pacing: Pacing | None = None, marker: dict | None = None
+    ) -> ServedModel:
         """Load `prepared` (a model folder in `.staging/`), test it, and serve it as `name`, atomically.
 
         Until the marker is written the new folder is not a model: a failure (or a crash) leaves the
         previous version served. Requests already running keep the previous ServedModel object.
+        `marker`: entries its marker keeps beside name and format (an app model's `model`, `weights_sha256`
+        and `version` when training installs new weights, server/monailabel_api/training.py).
         """
         check_name(name)
         with self._name_lock(name):
             folder = self.store.new_version(name, prepared)
             try:
-                model = self._load(folder, name, fmt)
+                model = self._load(folder, name, fmt, marker)
                 if callable(getattr(model.task, "warm_up", None)):
                     model.task.warm_up(self.device)  # the engine choice (checked), before the test inference
                 smoke_test(model, self.device, pacing)  # `pacing`: the scheduler's, to let clicks pass
-                self.store.commit(folder, name, fmt)
+                self.store.commit(folder, name, fmt, **(marker or {}))
             except BaseException:
                 self.store.discard(folder)
                 raise
@@ -194,8 +198,8 @@ class ModelRegistry:
 
     # -------------------------------------------------------------------------------------------- parts
 
-    def _load(self, folder: Path, name: str, fmt: str | None = None) -> ServedModel:
-        marker = self.store.marker(folder) if (folder / MARKER).is_file() else {}
+    def _load(self, folder: Path, name: str, fmt: str | None = None, marker: dict | None = None) -> ServedModel:
+        marker = self.store.marker(folder) if (folder / MARKER).is_file() else dict(marker or {})
         fmt = fmt or marker["format"]
         context = LoadContext(device=self.device, app_dir=self.app_dir, engines=self.engines, marker=marker)
         model = handler(fmt).build(folder, name, context)

@@ -80,6 +80,7 @@ def dashboard_data() -> dict:
         },
         "models": models,
         "refused": refused_models(registry),  # installed, but refused at start-up by today's checks
+        "training": current_app.extensions["aiaa.training"].summary(),  # server/monailabel_api/training.py
         "requests": {key: summary[key] for key in ("total", "errors", "by_endpoint", "by_model", "by_status")},
         "latency_ms": summary["latency_ms"],
         "recent_errors": summary["recent_errors"],

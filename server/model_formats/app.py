@@ -80,7 +80,9 @@ class AppFormat(ModelFormatHandler):
         if context.app_dir is None or "model" not in context.marker:
             raise BadRequest(f"'{name}' is an app model, but no app is configured to build it.")
         weights = folder / APP_WEIGHTS
-        return app_model(context.app_dir, context.marker["model"], weights, name, context.engines, context.device)
+        model = app_model(context.app_dir, context.marker["model"], weights, name, context.engines, context.device)
+        model.version = str(context.marker.get("version", model.version))  # weights trained here name themselves
+        return model
 
     @classmethod
     def seed(cls, store: ModelStore, app_dir: Path, name: str, current: Path | None) -> Path | None:

@@ -1,15 +1,15 @@
-"""Training from the clinicians' labels: one job at a time, in its own process, installed only if better.
+"""Training from the clinicians' labels: one job at a time, in its own process, installed only if not worse.
 
-`POST /monailabel/train/<model>` starts `server.monailabel_api.train_worker` (niced, a bounded number of
-threads, killed past its time limit) on the datastore's final labels. The worker measures the served
-weights' validation Dice, fine-tunes them through MONAI Label's app contract (the app config's
-`trainer()` task, called as `task(request, datastore)`), measures the new weights on the same validation
-images through the served inference path, and exports them as an MMAR. Here, when it ends: if the Dice
-did not drop, the export is installed through the registry as a new version of the model (`install`:
-loaded, smoke-tested, then swapped in atomically; running requests keep the old one), and the weights
-it replaced are kept so that `DELETE /monailabel/train/<model>/version` puts them back (again as a new
-version). Status is MONAI Label's AsyncTask shape (`id`, `status`, `details`, `result`, timestamps).
-The monitor thread is started by the request that starts a job, never by `create_app`.
+`POST /monailabel/train/<model>` starts `server.monailabel_api.train_worker` (niced, one thread, killed if
+it outlives its time limit) on the datastore's final labels. The worker fine-tunes the served weights
+through MONAI Label's app contract (the app config's `trainer()` task, called as `task(request,
+datastore)`), which validates the starting weights first and keeps the best epoch's. Here, when it ends:
+if the validation Dice did not drop, the weights are installed through the registry as a new version of
+the app model (`install`: loaded by the app's own config, smoke-tested, swapped in atomically; running
+requests keep the old one; its marker names the version, so `/v1/models` shows it), and the weights it
+replaced are kept so that `DELETE /monailabel/train/<model>/version` puts them back (as a new version).
+Status is MONAI Label's AsyncTask shape (`id`, `status`, `details`, `result`, timestamps). The monitor
+thread is started by the request that starts a job, never by `create_app`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ from pathlib import Path
 
 from aiaa_core.vocabularies import ModelFormat, ModelType
 
+from .. import __version__
 from ..errors import ApiError, BadRequest, NotFound
+from ..model_formats.app import APP_WEIGHTS
 from .datastore import AnnotationStore
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ MAX_TIME_LIMIT_S = 6 * 3600.0
 DEFAULT_TIME_LIMIT_S = 1800.0
 DETAIL_LINES = 200  # log lines kept for /train/ (MONAI Label's `details`)
 VALIDATION_SHARE = 0.2
-APP_WEIGHTS = Path("models") / "model.pt"  # where an app model's version folder keeps its weights (registry)
+KILL_GRACE_S = 300.0  # past the time limit: the last epoch, validation and the exports
 
 
 class JobStatus(StrEnum):
@@ -59,13 +61,11 @@ class TooManyRequests(ApiError):
     type = "TooManyRequests"
 
 
-def split(image_ids: list[str]) -> tuple[list[str], list[str]]:
-    """Deterministic train/validation split of the labelled images: every fifth (at least one) validates."""
-    ids = sorted(image_ids)
-    count = max(1, round(len(ids) * VALIDATION_SHARE))
-    step = len(ids) / count
-    val = [ids[int(i * step)] for i in range(count)]
-    return [i for i in ids if i not in val], val
+def validation_share(labelled: int) -> float:
+    """The train task's `val_split` that keeps about a fifth, and at least one, of the labelled images for
+    validation (it validates on `int(n * val_split)` of them)."""
+    count = max(1, round(labelled * VALIDATION_SHARE))
+    return (count + 0.5) / labelled
 
 
 class TrainingJobs:
@@ -81,21 +81,16 @@ class TrainingJobs:
     # ------------------------------------------------------------------------------------------ reading
 
     def trainable(self, registry, name: str) -> Path:
-        """The weights training would start from; 400/404 unless `name` is an app segmentation model whose
-        served version holds the app's weights or a version trained here."""
+        """The weights training would start from; 400 unless `name` is served as one of the app's
+        segmentation models (seeded from the app, or trained here): uploads are not fine-tuned."""
         model = registry.get(name)
         if model.type != ModelType.SEGMENTATION:
-            raise BadRequest(
-                f"'{name}' is a {model.type} model; training from annotations fine-tunes segmentation models."
-            )
-        history = self._history(name)
-        if history and model.folder is not None and model.folder.name == history[-1]["version"]:
-            return Path(history[-1]["weights"])
+            raise BadRequest(f"'{name}' is a {model.type} model; training fine-tunes segmentation models.")
         if model.source == ModelFormat.APP and model.folder is not None and (model.folder / APP_WEIGHTS).is_file():
             return model.folder / APP_WEIGHTS
         raise BadRequest(
             f"'{name}' is served from an upload ({model.source}); training fine-tunes the app's own weights. "
-            "Delete the upload (or re-seed the app model) to train it."
+            "Delete the upload (the app's model is then seeded again at the next start) to train it."
         )
 
     def trainers_info(self, registry) -> dict:
@@ -124,6 +119,25 @@ class TrainingJobs:
                 return None
             return {**self._job, "details": list(self._details)}
 
+    def summary(self) -> dict | None:
+        """What the dashboard shows: the last job's state, progress lines and outcome (no paths)."""
+        status = self.status()
+        if status is None:
+            return None
+        result = status.get("result") or {}
+        return {
+            "model": status["request"]["model"],
+            "status": status["status"],
+            "start_ts": status["start_ts"],
+            "end_ts": status["end_ts"],
+            "progress": [line for line in status["details"] if "epoch" in line or "Dice" in line][-5:],
+            **{
+                k: result[k]
+                for k in ("installed", "improved", "dice_before", "dice_after", "version", "reason")
+                if k in result
+            },
+        }
+
     def running(self) -> bool:
         with self._lock:
             return self._job is not None and self._job["status"] == JobStatus.RUNNING
@@ -131,7 +145,7 @@ class TrainingJobs:
     # ----------------------------------------------------------------------------------------- starting
 
     def start(self, registry, store: AnnotationStore, name: str, params: dict) -> dict:
-        epochs, time_limit = checked_request(params)
+        options, time_limit = checked_request(params)
         start_weights = self.trainable(registry, name)
         labelled = [Path(item["image"]).name.removesuffix(".nii.gz") for item in store.datalist()]
         if len(labelled) < MIN_LABELLED:
@@ -139,7 +153,8 @@ class TrainingJobs:
                 f"Training needs at least {MIN_LABELLED} images with a final label in the datastore; it has "
                 f"{len(labelled)} (PUT /monailabel/datastore/label or PUT /v1/label)."
             )
-        train_ids, val_ids = split(labelled)
+        val_split = validation_share(len(labelled))
+        val_count = int(len(labelled) * val_split)
         with self._lock:
             if self._job is not None and self._job["status"] == JobStatus.RUNNING:
                 raise TooManyRequests("A training job is already running; GET /monailabel/train/ for its progress.")
@@ -151,12 +166,10 @@ class TrainingJobs:
                 "model": name,
                 "start_weights": str(Path(start_weights).resolve()),
                 "datastore": str(store.root.resolve()),
-                "train": train_ids,
-                "val": val_ids,
                 "work": str(work.resolve()),
                 "device": self.settings.device,
                 "threads": 1,
-                "request": {"max_epochs": epochs},
+                "request": {**options, "val_split": val_split, "time_limit_s": time_limit},
             }
             (work / "job.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
             self._details.clear()
@@ -164,13 +177,13 @@ class TrainingJobs:
             self._job = {
                 "id": job_id,
                 "name": "train",
-                "request": {"model": name, "max_epochs": epochs, "time_limit_s": time_limit},
+                "request": {"model": name, **options, "time_limit_s": time_limit},
                 "status": JobStatus.RUNNING,
                 "start_ts": int(time.time()),
                 "end_ts": None,
                 "result": None,
-                "train_images": len(train_ids),
-                "val_images": len(val_ids),
+                "train_images": len(labelled) - val_count,
+                "val_images": val_count,
             }
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "server.monailabel_api.train_worker", str(work / "job.json")],
@@ -186,8 +199,7 @@ class TrainingJobs:
         threading.Thread(
             target=self._watch, args=(process, work, registry, time_limit), name="aiaa-train", daemon=True
         ).start()
-        logger.info("training job %s started for '%s' (%d train, %d validation images)", job_id, name,
-                    len(train_ids), len(val_ids))  # fmt: skip
+        logger.info("training job %s started for '%s' on %d labelled images", job_id, name, len(labelled))
         return job
 
     def stop(self) -> dict | None:
@@ -205,7 +217,8 @@ class TrainingJobs:
     # -------------------------------------------------------------------------------------------- ending
 
     def _watch(self, process: subprocess.Popen, work: Path, registry, time_limit: float) -> None:
-        timer = threading.Timer(time_limit, self._time_out, args=(process,))
+        # the task ends itself after the epoch that passes the limit; the kill is for a stuck process
+        timer = threading.Timer(time_limit * 1.2 + KILL_GRACE_S, self._time_out, args=(process,))
         timer.daemon = True
         timer.start()
         try:
@@ -238,42 +251,46 @@ class TrainingJobs:
             return {"installed": False, "reason": f"the training process ended with code {code}"}, JobStatus.ERROR
         result = json.loads(result_file.read_text(encoding="utf-8"))
         before, after = result["dice_before"], result["dice_after"]
-        name = result["model"]
-        if after < before:
+        if after < before:  # the app's task keeps its best epoch, the start (epoch 0) included: a safeguard
             return {**result, "installed": False, "reason": "validation Dice dropped"}, JobStatus.DONE
-        model = self._install(registry, name, Path(result["export"]))
+        name = result["model"]
+        replaced = registry.get(name)
+        version = f"{__version__}+trained.{work.name}"
+        model = self._install(registry, name, Path(result["weights"]), version, trained=work.name)
         kept = self.root / "versions" / name / model.folder.name
         kept.mkdir(parents=True)
-        shutil.copy2(result["weights"], kept / "model.pt")
         shutil.copy2(result["weights_before"], kept / "before.pt")
-        shutil.copytree(result["export_before"], kept / "before")
-        self._remember(name, {"version": model.folder.name, "weights": str(kept / "model.pt"),
-                              "before": str(kept / "before"), "before_weights": str(kept / "before.pt"),
-                              "dice_before": before, "dice_after": after})  # fmt: skip
-        return {**result, "installed": True, "version": model.folder.name}, JobStatus.DONE
+        entry = {"version": model.folder.name, "before": str(kept / "before.pt"), "before_version": replaced.version}
+        self._remember(name, {**entry, "dice_before": before, "dice_after": after})
+        improved = result["best_epoch"] > 0  # else the starting weights came back as the new version
+        return {**result, "installed": True, "improved": improved, "version": version}, JobStatus.DONE
 
     @staticmethod
-    def _install(registry, name: str, export: Path):
+    def _install(registry, name: str, weights: Path, version: str, **note):
+        """`weights` as a new version of the app model `name` (its marker: the app model it builds, the app
+        weights' digest it derives from, so a restart does not seed the app's weights over it, the version)."""
+        base = registry.store.marker(registry.get(name).folder)
+        marker = {"model": base.get("model", name), "weights_sha256": base.get("weights_sha256"), "version": version}
         with registry.staging() as staging:
             folder = staging / "model"
-            shutil.copytree(export, folder)
-            return registry.install(name, folder, ModelFormat.MMAR)
+            (folder / APP_WEIGHTS).parent.mkdir(parents=True)
+            shutil.copy2(weights, folder / APP_WEIGHTS)
+            return registry.install(name, folder, ModelFormat.APP, marker={**marker, **note})
 
     # ------------------------------------------------------------------------------------------ rollback
 
     def rollback(self, registry, name: str) -> dict:
-        """Put back the version the last installed training replaced (as a new version)."""
+        """Put back the weights the last installed training replaced (as a new version)."""
         if self.running():
             raise TooManyRequests("A training job is running; stop it first (DELETE /monailabel/train/).")
         history = self._history(name)
         served = registry.get(name)
         last = history[-1] if history else {}
-        if served.folder is None or served.folder.name != last.get("version") or "before" not in last:
+        if served.folder is None or served.folder.name != last.get("version"):
             raise NotFound(f"'{name}' is not serving a version trained here; nothing to roll back.")
-        model = self._install(registry, name, Path(last["before"]))
-        # the restored weights can be trained on again (they are no longer rolled back to anything)
-        self._write_history(name, [*history[:-1], {"version": model.folder.name, "weights": last["before_weights"]}])
-        return {"model": name, "removed": last["version"], "version": model.folder.name}
+        model = self._install(registry, name, Path(last["before"]), last["before_version"], restored=last["version"])
+        self._write_history(name, history[:-1])
+        return {"model": name, "removed": last["version"], "version": model.version}
 
     def _history_file(self, name: str) -> Path:
         return self.root / "versions" / name / "history.json"
@@ -293,14 +310,42 @@ class TrainingJobs:
         self._write_history(name, [*self._history(name), entry])
 
 
-def checked_request(params: dict) -> tuple[int, float]:
-    """The train request's bounded options: `max_epochs` (1..100) and `time_limit_s` (1..6 h)."""
+# The train options a client may set (bounded); the app's trainer has more, which stay at their defaults.
+OPTIONS = {
+    "max_epochs": (1, MAX_EPOCHS),
+    "steps_per_epoch": (1, 1000),
+    "num_train_phantoms": (0, 256),
+    "num_val_phantoms": (0, 64),
+    "crop_size": (16, 128),
+    "seed": (0, 2**31 - 1),
+}
+
+
+def checked_request(params: dict) -> tuple[dict, float]:
+    """The train request's options, each a whole number within its bounds, `learning_rate` in (0, 1], and
+    `time_limit_s` (1 s .. 6 h); MONAI Label's client adds `client_id`, which is ignored. Anything else: 400."""
     from .. import params as checked
 
-    epochs = checked.number_value(params.get("max_epochs", DEFAULT_EPOCHS), "max_epochs", minimum=1, maximum=MAX_EPOCHS)
-    if epochs != int(epochs):
-        raise BadRequest(f"'max_epochs' must be a whole number; got {epochs:g}.")
+    unknown = sorted(set(params) - set(OPTIONS) - {"learning_rate", "time_limit_s", "client_id"})
+    if unknown:
+        raise BadRequest(f"Unknown train option(s) {unknown[:5]}; this server takes {sorted(OPTIONS)}, "
+                         "learning_rate and time_limit_s.")  # fmt: skip
+    options: dict = {"max_epochs": DEFAULT_EPOCHS}
+    for key, (low, high) in OPTIONS.items():
+        if key in params:
+            value = checked.number_value(params[key], key, minimum=low, maximum=high)
+            if value != int(value):
+                raise BadRequest(f"'{key}' must be a whole number; got {value:g}.")
+            options[key] = int(value)
+    if "crop_size" in options and options["crop_size"] % 8:
+        raise BadRequest(
+            f"'crop_size' must be a multiple of 8 (the UNet halves it three times); got {options['crop_size']}."
+        )
+    if "learning_rate" in params:
+        options["learning_rate"] = checked.number_value(
+            params["learning_rate"], "learning_rate", minimum=1e-8, maximum=1
+        )
     limit = checked.number_value(
         params.get("time_limit_s", DEFAULT_TIME_LIMIT_S), "time_limit_s", minimum=1, maximum=MAX_TIME_LIMIT_S
     )
-    return int(epochs), limit
+    return options, limit

@@ -95,6 +95,14 @@
     ], (m) => ({ model: m.name }));
     $("refused-section").hidden = !d.refused.length;
     fillTable("refused", d.refused, (r) => [[r.name, "bad"], r.reason], (r) => ({ model: r.name }));
+    $("training-section").hidden = !d.training;
+    if (d.training) {
+      const t = d.training;
+      set("training-state", t.model + ": " + t.status + (t.dice_before === undefined ? "" : ", validation Dice "
+        + t.dice_before + " → " + t.dice_after) + (t.installed ? ", installed as " + t.version : "")
+        + (t.reason ? " (" + t.reason + ")" : ""));
+      set("training-progress", t.progress.join("\n"));
+    }
     fillTable("endpoints", d.requests.by_endpoint, (r) => [
       r.method, r.endpoint, [String(r.requests), "num requests"], [String(r.errors), "num errors" + (r.errors ? " bad" : "")],
       [ms(r.p50_ms), "num"], [ms(r.p95_ms), "num"], [ms(r.p99_ms), "num"],
