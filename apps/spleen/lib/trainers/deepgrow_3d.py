@@ -80,9 +80,10 @@ def make_sample(obj, items: list[dict], rng: np.random.Generator, seed_transform
 def add_corrective_clicks(network: torch.nn.Module, samples: list[dict], rounds: int, click_transform) -> None:
     """`rounds` times: predict, find the discrepancy, add a click in it (MONAI's deepgrow interaction)."""
     network.eval()
+    device = next(network.parameters()).device
     for _ in range(rounds):
         with torch.no_grad():
-            logits = network(batch(samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)[0])
+            logits = network(batch(samples, DeepGrow3D.points_keys, DeepGrow3D.sigma)[0].to(device)).cpu()
         for sample, logit in zip(samples, logits, strict=True):
             sample["pred"] = logit.argmax(0, keepdim=True).numpy().astype(np.float32)
             sample["label"] = np.asarray(sample["label"])
