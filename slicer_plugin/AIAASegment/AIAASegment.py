@@ -29,7 +29,8 @@ class AIAASegment(ScriptedLoadableModule):
         parent.dependencies = ["Segmentations", "Markups"]
         parent.contributors = ["AIAA MONAI server contributors"]
         parent.helpText = (
-            "Segment with an AIAA server: Auto-segment, 6 extreme points, or foreground/background clicks. "
+            "Segment with an AIAA server: Auto-segment, 6 extreme points, or foreground/background clicks; "
+            "Save label sends a finished segment to the server for training. "
             "Also available as the 'AIAA' effect of the Segment Editor."
         )
         parent.acknowledgementText = "Speaks the NVIDIA Clara AIAA REST API; models built with MONAI."
@@ -70,6 +71,7 @@ class AIAASegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.foregroundButton.connect("toggled(bool)", lambda on: self._place(on, self.foreground_node))
         self.ui.backgroundButton.connect("toggled(bool)", lambda on: self._place(on, self.background_node))
         self.ui.clearPointsButton.connect("clicked()", self.on_clear_points)
+        self.ui.saveLabelButton.connect("clicked()", self.on_save_label)
         for box in (self.ui.sessionCheckBox, self.ui.compressCheckBox):
             box.connect("toggled(bool)", lambda _: self._save_settings())
         self.ui.timeoutSpinBox.connect("valueChanged(int)", lambda _: self._save_settings())
@@ -116,6 +118,7 @@ class AIAASegmentWidget(ScriptedLoadableModuleWidget):
         self.ui.sessionCheckBox.checked = slicer.util.toBool(settings.value(SETTINGS + "useSessions", True))
         self.ui.compressCheckBox.checked = slicer.util.toBool(settings.value(SETTINGS + "compress", True))
         self.ui.timeoutSpinBox.value = int(settings.value(SETTINGS + "timeout", 60))
+        self.ui.adminUserLineEdit.text = settings.value(SETTINGS + "adminUser", "") or ""
 
     def _save_settings(self):
         settings = qt.QSettings()
@@ -169,6 +172,17 @@ class AIAASegmentWidget(ScriptedLoadableModuleWidget):
             "Auto-segmentation",
             target.volume_node.GetName() if target.volume_node else "",
         )
+
+    def on_save_label(self):
+        """Save the selected segment into the server's training datastore (admin credentials: the user name is
+        remembered, the password only while Slicer runs)."""
+        qt.QSettings().setValue(SETTINGS + "adminUser", self.ui.adminUserLineEdit.text)
+        credentials = (self.ui.adminUserLineEdit.text.strip(), self.ui.adminPasswordLineEdit.text)
+        try:
+            with slicer.util.WaitCursor():
+                self.ui.statusLabel.text = self.logic.save_label(self._target(), credentials)
+        except AIAAError as error:
+            self.ui.statusLabel.text = str(error)
 
     def on_point_placed(self, node):
         target = self._target()

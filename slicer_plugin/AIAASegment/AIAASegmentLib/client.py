@@ -16,7 +16,7 @@ import numpy as np
 import requests
 
 from .errors import AIAAError, BadInput, ModelNotFound, ServerBusy, ServerUnreachable, SessionExpired
-from .nifti import read_nifti
+from .nifti import read_nifti, write_nifti
 from .sessions import SessionCache
 from .volume import Volume, check_mask_geometry, refuse_sheared
 
@@ -104,6 +104,32 @@ class Client:
         self.sessions.put(volume, session_id)
         return session_id
 
+    def save_label(
+        self, volume: Volume, labels: np.ndarray, credentials: tuple[str, str], tag: str = "final"
+    ) -> dict:
+        """Save a finished label (an [i, j, k] label map on the volume's grid) into the server's training
+        datastore (`PUT /v1/label`, admin credentials); the volume goes as its session when it has one.
+        Returns the server's ids: {"image", "label", "tag"}."""
+        labels = np.asarray(labels)
+        if labels.shape != volume.shape:
+            raise BadInput(f"The label ({labels.shape}) is not on the volume's grid ({volume.shape}).")
+        if not labels.any():
+            raise BadInput("The label is empty: draw or segment the structure before saving it.")
+        user, password = credentials
+        if not user or not password:
+            raise BadInput("Saving labels for training needs the server's admin user and password (Settings).")
+        nifti = write_nifti(labels.astype(np.uint8), volume.ijk_to_ras)
+        files = {"label": ("label.nii.gz", nifti, "application/octet-stream")}
+        session_id = self.sessions.get(volume) if self.use_sessions else None
+        if session_id:
+            try:
+                query = {"session_id": session_id, "tag": tag}
+                return self._request("PUT", "/v1/label", params=query, files=files, auth=(user, password)).json()
+            except SessionExpired:  # the server forgot the volume: send it with the label
+                self.sessions.forget(volume)
+        files["datapoint"] = self._file(volume)
+        return self._request("PUT", "/v1/label", params={"tag": tag}, files=files, auth=(user, password)).json()
+
     def delete_session(self, session_id: str) -> None:
         try:
             self._request("DELETE", f"/session/{session_id}")
@@ -180,6 +206,8 @@ def _error_for(reply: requests.Response) -> AIAAError:
             f"The server no longer holds the uploaded volume ({detail}). Run the step again to re-upload it.",
             status,
         )
+    if status in (401, 403):
+        return BadInput(f"The server refused the admin credentials: {detail}", status)
     if status == 404:
         return ModelNotFound(f"The server does not have this model ({detail}). Press Connect to refresh the list.",
                              status)

@@ -137,6 +137,15 @@ class AIAALogic:
             self._needs_consent(volume), target,
         )
 
+    def save_label(self, target: Target, credentials: tuple[str, str]) -> str:
+        """Save the selected segment, on the volume's grid, into the server's training datastore (network:
+        run it where a short wait is acceptable); returns the message for the status line."""
+        client, volume = self._client(), self.volume(target.volume_node)
+        labels = mrml_bridge.segment_labelmap(target.segmentation_node, target.segment_id, target.volume_node, volume)
+        saved = client.save_label(volume, labels, credentials)
+        name = target.segmentation_node.GetSegmentation().GetSegment(target.segment_id).GetName()
+        return f"Saved '{name}' for training ({int(labels.sum())} voxels, image {saved['image']})."
+
     def _client(self) -> Client:
         if self.client is None:
             raise BadInput("Not connected: enter the server address and press Connect.")

@@ -124,6 +124,38 @@ def write_label_segments(
     return ids
 
 
+def segment_labelmap(segmentation_node, segment_id: str, volume_node, volume: Volume) -> np.ndarray:
+    """The segment as a binary [i, j, k] label map on the volume's voxels (Save label: what the server
+    stores for training). Exported onto a reference on the volume's grid placed in the segmentation's own
+    frame, as `_import` does the other way, so parent transforms on either side are honoured once."""
+    check_segmentation(segmentation_node, segment_id)
+    placement = labelmap_placement(current_grid(volume_node, volume), segmentation_node)
+    scene = segmentation_node.GetScene()
+    reference, exported = slicer.vtkMRMLLabelMapVolumeNode(), slicer.vtkMRMLLabelMapVolumeNode()
+    for node in (reference, exported):
+        node.SetHideFromEditors(True)
+        scene.AddNode(node)
+    try:
+        reference.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(placement))
+        slicer.util.updateVolumeFromArray(reference, np.zeros(volume.shape[::-1], dtype=np.uint8))
+        if segmentation_node.GetParentTransformNode() is not None:
+            reference.SetAndObserveTransformNodeID(segmentation_node.GetParentTransformNode().GetID())
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, exported, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+        ):
+            raise BadInput("Slicer could not export the segment as a label map.")
+        labels = np.array(slicer.util.arrayFromVolume(exported)).T  # [k, j, i] → [i, j, k]
+    finally:
+        for node in (reference, exported):
+            scene.RemoveNode(node)
+    if labels.shape != volume.shape:
+        raise BadInput(f"The exported segment ({labels.shape}) is not on the volume's grid ({volume.shape}).")
+    return (labels > 0).astype(np.uint8)
+
+
 def _import(labels: np.ndarray, placement: np.ndarray, segmentation_node, segment_ids: list[str]) -> None:
     """Import labels 1..N into the segments `segment_ids`, placed where the volume is shown.
 
