@@ -6,6 +6,8 @@ or ITK's own NIfTI header for that grid), never recomputed, so the viewer overla
 fix-polygon result as) keeps only the size and the spacing, which is all a 2D slice client reads back.
 A click's mask is mostly zeros, so `.nii.gz` is written by a gzip writer that splices in cached deflated
 zero blocks instead of deflating the empty bulk again for every click.
+The client's writer options (`result_extension`, `result_dtype`, `result_compress`) are parsed here too,
+once for every endpoint (`writer_options`), so the formats offered and the ones written cannot drift.
 """
 
 from __future__ import annotations
@@ -15,19 +17,69 @@ import operator
 import struct
 import tempfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from . import params as checked
 from .errors import BadRequest
 
 MASK_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 """Formats a mask can be returned in on any grid: all store the full 3D geometry."""
 
+DEFAULT_EXTENSION = ".nii.gz"
+DEFAULT_DTYPE = "uint8"
+
 PNG_EXTENSION = ".png"
 PNG_DTYPES = ("uint8", "uint16")
 """Grey-level sample types a PNG stores (ITK's PNG writer takes these and no others)."""
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    """The client's mask writer options, checked. `extension` has its dot and is lower case; it is "" only
+    while the image decides (`writer_options(..., png_for_2d=True)`), until `for_image` is called."""
+
+    extension: str = DEFAULT_EXTENSION
+    dtype: str = DEFAULT_DTYPE
+    compress: bool = True
+
+    def for_image(self, dimension: int) -> WriterOptions:
+        """The options for a `dimension`-D image: a PNG for a 2D one unless another format was asked for."""
+        if self.extension == PNG_EXTENSION and dimension != 2:
+            raise BadRequest(
+                "'result_extension' .png holds one 2D slice and this image is 3D; "
+                f"choose {', '.join(MASK_EXTENSIONS[:-1])} or {MASK_EXTENSIONS[-1]} (or leave it out)."
+            )
+        if self.extension == PNG_EXTENSION or (dimension == 2 and not self.extension):
+            if self.dtype not in PNG_DTYPES:
+                raise BadRequest(
+                    f"'result_dtype' must be one of {', '.join(PNG_DTYPES)}; got {checked.describe(self.dtype)}."
+                )
+            return WriterOptions(PNG_EXTENSION, self.dtype, True)
+        return WriterOptions(self.extension or DEFAULT_EXTENSION, self.dtype, self.compress)
+
+
+def writer_options(params: dict, *, png_for_2d: bool = False) -> WriterOptions:
+    """`result_extension`, `result_dtype` and `result_compress` from the request's params, checked before any
+    work. The 3D endpoints offer `MASK_EXTENSIONS` (default .nii.gz); with `png_for_2d` (fixpolygon, whose
+    image may be a 2D slice) `.png` is offered too and, left out, the format waits for the image's
+    dimension (`WriterOptions.for_image`). The dtype is refused here when it cannot be a name (not text);
+    whether it suits the format is `encode_mask`'s check, or `for_image`'s for a PNG."""
+    raw = checked.text(params, "result_extension", "" if png_for_2d else DEFAULT_EXTENSION)
+    extension = raw.strip().lower()
+    if raw or not png_for_2d:
+        extension = extension if extension.startswith(".") else "." + extension
+        if extension not in MASK_EXTENSIONS and not (png_for_2d and extension == PNG_EXTENSION):
+            offered = MASK_EXTENSIONS + ((PNG_EXTENSION,) if png_for_2d else ())
+            raise BadRequest(
+                f"Unsupported mask format {checked.describe(extension)}. Choose one of: {', '.join(offered)}."
+            )
+    dtype = checked.text(params, "result_dtype", DEFAULT_DTYPE)
+    options = WriterOptions(extension, dtype, checked.flag(params, "result_compress", True))
+    return options.for_image(2) if extension == PNG_EXTENSION else options  # a PNG's dtype: checked now
 
 
 def encode_mask(

@@ -14,7 +14,7 @@ from requests_toolbelt import MultipartEncoder
 
 from . import params as checked
 from .errors import BadRequest
-from .mask_writing import MASK_EXTENSIONS, encode_mask
+from .mask_writing import WriterOptions, encode_mask, writer_options
 
 OUTPUTS = ("multipart", "image", "json")
 
@@ -50,23 +50,13 @@ def output_mode(output: str | None) -> str:
     return output
 
 
-def mask_options(params: dict) -> tuple[str, str, bool]:
-    """The request's mask writer options, checked before any work: extension (with its dot, lower case),
-    integer dtype name, compression."""
-    extension = checked.text(params, "result_extension", ".nii.gz").strip().lower()
-    extension = extension if extension.startswith(".") else "." + extension
-    if extension not in MASK_EXTENSIONS:
-        raise BadRequest(
-            f"Unsupported mask format {checked.describe(extension)}. Choose one of: {', '.join(MASK_EXTENSIONS)}."
-        )
-    return extension, checked.text(params, "result_dtype", "uint8"), checked.flag(params, "result_compress", True)
-
-
-def mask_reply(mask, reference, result: dict, params: dict, output: str | None = None) -> Response:
-    """Encode the mask on the reference grid with the request's writer options, then reply."""
-    extension, dtype, compress = mask_options(params)
+def mask_reply(mask, reference, result: dict, writer: WriterOptions | dict, output: str | None = None) -> Response:
+    """Encode the mask on the reference grid with the writer options (checked ones, or the request's params
+    to check), then reply."""
+    if not isinstance(writer, WriterOptions):
+        writer = writer_options(writer)
     started = time.perf_counter()
-    mask_bytes = encode_mask(mask, reference, extension=extension, dtype=dtype, compress=compress)
+    mask_bytes = encode_mask(mask, reference, extension=writer.extension, dtype=writer.dtype, compress=writer.compress)
     if isinstance(result.get("latencies"), dict):
         result["latencies"]["encode"] = round(time.perf_counter() - started, 4)
-    return result_reply(result, mask_bytes, f"result{extension}", output)
+    return result_reply(result, mask_bytes, f"result{writer.extension}", output)

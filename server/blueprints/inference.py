@@ -11,10 +11,11 @@ from ..budget import pipeline_bytes
 from ..errors import BadRequest
 from ..image_headers import ImageHeader
 from ..image_reading import require_3d
+from ..mask_writing import writer_options
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
 from ..registry import ModelRegistry, ServedModel
-from ..replies import mask_options, mask_reply, output_mode
+from ..replies import mask_reply, output_mode
 from ..uploads import request_image, request_ledger, request_params
 from . import scheduler
 
@@ -91,7 +92,7 @@ def infer(op: str, model_type: str | None = None):
     if model.type not in TASK_INPUTS:
         raise BadRequest(f"Model '{model.name}' has type '{model.type}', which /v1/{op} cannot run.")
     params = request_params()
-    mask_options(params)
+    writer = writer_options(params)
     output = output_mode(checked.query_text("output"))
     session_id = checked.query_text("session_id")
     session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
@@ -108,7 +109,7 @@ def infer(op: str, model_type: str | None = None):
         inputs = TASK_INPUTS[model.type](params, image)
         mask, result = backend().run(model, image, inputs, device=device, session=session, pacing=slot.pacing)
         result["latencies"]["queue"] = round(slot.queued_s, 4)
-        reply = mask_reply(mask, image, result, params, output)
+        reply = mask_reply(mask, image, result, writer, output)
     record_inference(model.name, result["latencies"])
     return reply
 

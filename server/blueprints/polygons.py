@@ -28,9 +28,9 @@ from .. import params as checked
 from .. import polygons
 from ..budget import MASK_BYTES_PER_VOXEL, MemoryLedger
 from ..errors import BadRequest, PayloadTooLarge
-from ..mask_writing import PNG_DTYPES, PNG_EXTENSION, encode_mask
+from ..mask_writing import writer_options
 from ..openapi import BINARY, OUTPUT, PARAMS_FIELD, RESULT_REPLY, SESSION_ID, document, form_body, json_reply
-from ..replies import mask_options, mask_reply, output_mode, result_reply
+from ..replies import mask_reply, output_mode
 from ..uploads import request_image, request_ledger, request_params
 from . import scheduler
 
@@ -133,7 +133,7 @@ def fixpolygon():
         slices = parse_slices(poly, budget)
     else:
         slice_polygons = parse_polygons(poly, "'poly'", budget)
-    writer = WriterOptions(params)
+    writer = writer_options(params, png_for_2d=True)  # the default format waits for the image
 
     with scheduler().run(EDIT_LANE):
         ledger = request_ledger()
@@ -145,7 +145,7 @@ def fixpolygon():
                 f"{'3D volume' if dimension == 3 else '2D or 3D image'}; the uploaded image is "
                 f"{image.GetDimension()}D ({size})."
             )
-        extension, dtype, compress = writer.for_image(image.GetDimension())
+        writer = writer.for_image(image.GetDimension())
         size = (*image.GetSize(), 1)[:3]  # a 2D image is one slice
         if dimension == 3:
             if len(slices) > size[2]:
@@ -174,11 +174,7 @@ def fixpolygon():
         polygons.check_fill_work(slices, rows=size[1])  # rows of a [j, i] slice are j
         charge_mask(ledger, size)
         mask = polygons.polygons_to_mask(slices, size).reshape(image.GetSize(), order="F")
-        result = {"poly": reply_poly}
-        if extension == PNG_EXTENSION:
-            return result_reply(result, encode_mask(mask, image, PNG_EXTENSION, dtype), "result.png", output)
-        options = {"result_extension": extension, "result_dtype": dtype, "result_compress": compress}
-        return mask_reply(mask, image, result, options, output)
+        return mask_reply(mask, image, {"poly": reply_poly}, writer, output)
 
 
 def polygons_json(slice_polygons: list[polygons.Polygon]) -> str:
@@ -191,33 +187,6 @@ def charge_mask(ledger: MemoryLedger, size: tuple[int, int, int]) -> None:
     polygon over voxels already filled)."""
     nbytes = math.prod(size) * MASK_BYTES_PER_VOXEL + size[0] * size[1]
     ledger.charge(nbytes, f"the {'×'.join(str(n) for n in size)} mask")
-
-
-class WriterOptions:
-    """`result_extension`, `result_dtype`, `result_compress`, checked before any work; the default format
-    depends on the image (PNG for 2D, NIfTI for 3D), known only once it is decoded."""
-
-    def __init__(self, params: dict):
-        self.params = params
-        self.extension = checked.text(params, "result_extension", "").strip().lower()
-        if self.extension and not self.extension.startswith("."):
-            self.extension = "." + self.extension
-        if self.extension == PNG_EXTENSION:
-            self.dtype = checked.text(params, "result_dtype", "uint8", choices=PNG_DTYPES)
-            checked.flag(params, "result_compress", True)
-        else:
-            mask_options(params)  # the 3D formats' checks (also for a 2D image: any of them works)
-
-    def for_image(self, dimension: int) -> tuple[str, str, bool]:
-        """(extension, dtype, compress) for a `dimension`-D image."""
-        if self.extension == PNG_EXTENSION and dimension != 2:
-            raise BadRequest(
-                "'result_extension' .png holds one 2D slice and this image is 3D; "
-                "choose .nii.gz, .nii, .nrrd or .mha (or leave it out)."
-            )
-        if self.extension == PNG_EXTENSION or (dimension == 2 and not self.extension):
-            return PNG_EXTENSION, checked.text(self.params, "result_dtype", "uint8", choices=PNG_DTYPES), True
-        return mask_options(self.params)
 
 
 def param(params: dict, name: str):
