@@ -131,6 +131,11 @@ def test_the_check_is_bounded_and_torch_means_as_uploaded(tmp_path, engines, mon
     eager.task.warm_up("cpu")
     assert eager.info()["engine"] == "torch" and not built
 
+    monkeypatch.setattr(fast_path, "MAX_CHECK_S", 0.0)  # an upload whose own forward is too slow to check
+    slow = load_model(write(tmp_path / "slow", bundle_files()), "slow", engines=engines)
+    slow.task.warm_up("cpu")
+    assert slow.info()["engine"] == "torch" and "not exported" in slow.task.engine_note and not built
+
 
 def test_check_shape_reads_the_window_and_the_first_convolution():
     unet = tiny_unet()

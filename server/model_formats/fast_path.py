@@ -6,8 +6,9 @@ CPU under `auto`), built by `engines.build_engine` (cached exports, like the app
 output matches the uploaded network's own (eager) output within `ATOL + RTOL·max|eager|` on a seeded input
 of the network's window size. A mismatch (or an export that fails) falls back to TorchScript, then to the
 upload as it came. The check is bounded: one input of at most `MAX_CHECK_VOXELS` voxels (larger windows
-keep the upload's engine), one forward per engine, no gradients; the export traces the network, which
-runs tensor math only (allow-listed MONAI networks, or TorchScript checked before it loaded).
+keep the upload's engine), one forward per engine, no gradients, and nothing is exported when the
+upload's own forward took over `MAX_CHECK_S`; the export traces the network, which runs tensor math only
+(allow-listed MONAI networks, or TorchScript checked before it loaded).
 
 Pre-processing: the leading pre-transforms that read the image alone (`POINT_FREE`, keyed on the input
 only) are the point-independent part, run once per session image like the app's `prepare`.
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 ATOL, RTOL = 1e-3, 1e-3  # on the network's raw output (logits): far below what changes an argmax
 MAX_CHECK_VOXELS = 128**3  # the check's input, channels included: bounds its time and memory
+MAX_CHECK_S = 60.0  # an upload whose own forward on that input takes longer is not exported (a huge network)
 DEFAULT_CHECK_SIZE = 64  # per spatial axis, for a network run on the whole image (no window)
 SEED = 0
 
@@ -113,7 +115,10 @@ def choose_engine(
     if shape is None:
         return uploaded, f"{uploaded.engine} (no bounded input to check another engine with)"
     x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(SEED)).to(device)
+    started = time.perf_counter()
     reference = forward(uploaded, x)
+    if time.perf_counter() - started > MAX_CHECK_S:
+        return uploaded, f"{uploaded.engine} (one forward took over {MAX_CHECK_S:g} s: not exported)"
     if not isinstance(reference, torch.Tensor):
         return uploaded, f"{uploaded.engine} (its output is not one tensor)"
     for engine in candidates:
