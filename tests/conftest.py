@@ -62,6 +62,8 @@ def start_server(tmp: Path, *extra: str, env: dict[str, str | None] | None = Non
             str(log_dir),
             "--session-dir",
             str(session_dir),
+            "--datastore",
+            str(tmp / "datastore"),  # the MONAI Label API's images and labels (a test's --datastore wins)
             *extra,
         ],
         cwd=REPO_ROOT,

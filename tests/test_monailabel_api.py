@@ -198,3 +198,28 @@ def test_writes_need_the_admin_credentials_and_bad_input_is_a_precise_4xx(server
         reply = requests.put(f"{base}/datastore/label?image=case-a", files={"label": ("l.nii.gz", f.read())},
                              headers=headers, timeout=60)  # fmt: skip
     assert reply.status_code == 400 and "grid" in reply.json()["error"]["message"]
+
+
+def test_monai_label_login_gives_a_token_for_the_admin_operations(server, phantoms, tmp_path):
+    anonymous = client(server, tmp_path, admin=False)
+    assert anonymous.auth_enabled()
+    with pytest.raises(MONAILabelClientException) as refused:
+        anonymous.auth_token(AUTH[0], "not-the-password")
+    assert "401" in refused.value.msg
+    token = client(server, tmp_path, admin=False).auth_token(*AUTH)
+    assert token["token_type"] == "bearer" and token["access_token"] not in (AUTH[1], TOKEN)
+
+    def logged_in():
+        ml = client(server, tmp_path, admin=False)
+        ml.update_auth(token)
+        return ml
+
+    assert logged_in().auth_valid_token()
+    image_path, _, _, label_path = phantoms[0]
+    assert logged_in().upload_image(str(image_path), image_id="login-a")["image"] == "login-a"
+    assert logged_in().save_label("login-a", str(label_path))["label"] == "login-a"
+    forged = client(server, tmp_path, admin=False)
+    forged.update_auth({"token_type": "Bearer", "access_token": "0" * 48})
+    assert not forged.auth_valid_token()
+    with pytest.raises(MONAILabelClientException):
+        forged.save_label("login-a", str(label_path))

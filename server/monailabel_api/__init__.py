@@ -27,6 +27,8 @@ PREFIX = "/monailabel"
 def register(app: Flask) -> None:
     """Add the MONAI Label API (and the AIAA-side label endpoint) to the app: its datastore and training
     jobs live in `app.extensions`; nothing is started until a request asks (no thread here)."""
+    from .auth_routes import TokenIssuer
+    from .auth_routes import bp as auth_bp
     from .datastore import AnnotationStore
     from .datastore_routes import bp as datastore_bp
     from .label_routes import bp as label_bp
@@ -38,7 +40,8 @@ def register(app: Flask) -> None:
     root = Path(settings.datastore_dir)
     app.extensions["aiaa.datastore"] = AnnotationStore(root)
     app.extensions["aiaa.training"] = TrainingJobs(root / ".training", settings)
-    for blueprint in (main_bp, datastore_bp, train_bp, label_bp):
+    app.extensions["aiaa.monailabel_tokens"] = TokenIssuer()
+    for blueprint in (main_bp, datastore_bp, train_bp, auth_bp, label_bp):
         app.register_blueprint(blueprint)
 
 

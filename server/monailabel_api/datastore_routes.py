@@ -16,13 +16,13 @@ import SimpleITK as sitk
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from .. import params as checked
-from ..auth import admin_required
 from ..errors import BadRequest, NotFound
 from ..image_reading import read_image
 from ..openapi import BINARY, PARAMS_FIELD, Param, document, form_body, json_reply
 from ..scheduler import Work
 from ..uploads import request_ledger, request_params, safe_name
 from . import PREFIX, annotation_store, scheduler
+from .auth_routes import admin_or_token
 from .datastore import check_image_id, check_tag, content_id
 
 bp = Blueprint("monailabel_datastore", __name__, url_prefix=PREFIX)
@@ -79,7 +79,10 @@ def relative_datalist() -> list[dict]:
 @bp.get("/datastore/")
 @document(
     query=[Param("output", "stats (default, open), all or train (admin).", {"type": "string", "enum": list(OUTPUTS)})],
-    reply=json_reply("Counts, the whole datastore, or the training datalist."),
+    reply=json_reply(
+        "Counts, the whole datastore (objects), or the training datalist (a list).",
+        {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]},
+    ),
     errors=(400, 401),
 )
 def datastore():
@@ -90,14 +93,14 @@ def datastore():
     return _datastore_listing(output)
 
 
-@admin_required
+@admin_or_token
 def _datastore_listing(output: str):
     return jsonify(annotation_store().json() if output == "all" else relative_datalist())
 
 
 @bp.put("/datastore/")
 @bp.put("/datastore/image")
-@admin_required
+@admin_or_token
 @document(query=[Param("image", "Id to store it under (default: derived from the voxels).")], body=UPLOAD_FORM,
           reply=json_reply("The stored image's id."), errors=(400, 401, 413, 415), admin=True)  # fmt: skip
 def add_image():
@@ -113,7 +116,7 @@ def add_image():
 
 @bp.delete("/datastore/")
 @bp.delete("/datastore/image")
-@admin_required
+@admin_or_token
 @document(query=[Param("id", "Datastore image id.", required=True)], reply=json_reply("{}"), errors=(401, 404),
           admin=True)  # fmt: skip
 def remove_image():
@@ -123,7 +126,7 @@ def remove_image():
 
 
 @bp.get("/datastore/image")
-@admin_required
+@admin_or_token
 @document(query=[IMAGE_PARAM], reply={"description": "The image file (NIfTI)."}, errors=(401, 404), admin=True)
 def download_image():
     """Download a datastore image (admin: patient data)."""
@@ -132,7 +135,7 @@ def download_image():
 
 
 @bp.get("/datastore/image/info")
-@admin_required
+@admin_or_token
 @document(query=[IMAGE_PARAM], reply=json_reply("The image's stored info."), errors=(401, 404), admin=True)
 def image_info():
     """The stored info of a datastore image (admin)."""
@@ -143,7 +146,7 @@ def image_info():
 
 
 @bp.put("/datastore/label")
-@admin_required
+@admin_or_token
 @document(query=[IMAGE_PARAM, TAG_PARAM], body=LABEL_FORM, reply=json_reply("The image and label ids."),
           errors=(400, 401, 404, 413, 415), admin=True)  # fmt: skip
 def save_label():
@@ -158,7 +161,7 @@ def save_label():
 
 
 @bp.delete("/datastore/label")
-@admin_required
+@admin_or_token
 @document(query=[Param("id", "Label (= image) id.", required=True), TAG_PARAM], reply=json_reply("{}"),
           errors=(401, 404), admin=True)  # fmt: skip
 def remove_label():
@@ -168,7 +171,7 @@ def remove_label():
 
 
 @bp.get("/datastore/label")
-@admin_required
+@admin_or_token
 @document(query=[Param("label", "Label (= image) id.", required=True), TAG_PARAM],
           reply={"description": "The label file (NIfTI)."}, errors=(401, 404), admin=True)  # fmt: skip
 def download_label():

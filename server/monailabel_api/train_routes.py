@@ -6,10 +6,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from .. import params as checked
-from ..auth import admin_required
 from ..errors import BadRequest, NotFound
 from ..openapi import Param, document, json_reply
 from . import PREFIX, annotation_store, registry, training
+from .auth_routes import admin_or_token
 from .datastore_routes import json_body
 
 bp = Blueprint("monailabel_train", __name__, url_prefix=PREFIX)
@@ -37,7 +37,7 @@ def train_status():
 
 @bp.post("/train/")
 @bp.post("/train/<model>")
-@admin_required
+@admin_or_token
 @document(body=JSON_BODY, reply=json_reply("The started job."), errors=(400, 401, 404, 429), admin=True)
 def train_start(model: str | None = None):
     """Fine-tune a segmentation model on the datastore's final labels, in a separate process (admin).
@@ -55,7 +55,7 @@ def train_start(model: str | None = None):
 
 
 @bp.delete("/train/")
-@admin_required
+@admin_or_token
 @document(reply=json_reply("The stopped job's status."), errors=(401, 404), admin=True)
 def train_stop():
     """Stop the running training job (admin); nothing is installed."""
@@ -66,7 +66,7 @@ def train_stop():
 
 
 @bp.delete("/train/<model>/version")
-@admin_required
+@admin_or_token
 @document(reply=json_reply("The removed and the restored version."), errors=(401, 404, 429), admin=True)
 def train_rollback(model: str):
     """Roll back: remove the version training installed, serving again the weights it replaced (admin)."""
