@@ -199,3 +199,17 @@ def test_uploaded_onnx_is_served_as_it_came(tmp_path, engines, monkeypatch):
     model = load_model(write(tmp_path / "onnx", files), "onnx", engines=engines)
     model.task.warm_up("cpu")
     assert model.info()["engine"] == "onnxruntime" and not isinstance(model.task._network, TorchModule)
+
+
+def test_a_network_that_fails_on_the_check_input_is_left_to_the_smoke_test(engines):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            raise RuntimeError("not this shape")
+
+    uploaded = TorchModule(Broken())
+    chosen, note = fast_path.choose_engine(uploaded, (1, 16, 16, 16), engines, "cpu", "broken")
+    assert chosen is uploaded and "no check" in note  # not a 500 at install: the smoke test answers 400

@@ -116,7 +116,13 @@ def choose_engine(
         return uploaded, f"{uploaded.engine} (no bounded input to check another engine with)"
     x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(SEED)).to(device)
     started = time.perf_counter()
-    reference = forward(uploaded, x)
+    try:
+        reference = forward(uploaded, x)
+    except Exception as error:  # noqa: BLE001 - the smoke test that follows judges the upload itself
+        return (
+            uploaded,
+            f"{uploaded.engine} (no check: the upload fails on a {tuple(x.shape)} input, {type(error).__name__})",
+        )
     if time.perf_counter() - started > MAX_CHECK_S:
         return uploaded, f"{uploaded.engine} (one forward took over {MAX_CHECK_S:g} s: not exported)"
     if not isinstance(reference, torch.Tensor):
