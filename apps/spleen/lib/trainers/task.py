@@ -118,6 +118,8 @@ class AppTrainTask(BasicTrainTask):
         rng = np.random.default_rng(int(request["seed"]))
         labelled_train, labelled_val = datastore_items(datastore, float(request.get("val_split") or 0.0))
         train, val = self.training_data(request, labelled_train, rng)
+        if not train:
+            raise ValueError("nothing to train on: no labelled image in the datastore and no phantoms asked for")
         self._counts = {"datastore_train": len(labelled_train), "datastore_val": len(labelled_val)}
         print(f"training on {len(train)} items ({len(labelled_train)} labelled in the datastore), validating on "
               f"{len(val) + len(labelled_val)} ({len(labelled_val)} labelled)", flush=True)  # fmt: skip
