@@ -1,4 +1,5 @@
-"""Helpers the end-to-end tests share: posting to the AIAA API and checking replies and grids."""
+"""Helpers the end-to-end tests share: posting to the AIAA API and checking replies and grids (and replies
+built in process for clients tested without a server)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def parse_result(reply: requests.Response) -> tuple[dict, str, bytes]:
     assert "filename=" in file_disp
     filename = file_disp.split('filename="')[1].split('"')[0]
     return json.loads(parts[0].content), filename, parts[1].content
+
+
+def http_reply(status: int, body: bytes = b"{}", content_type: str = "application/json") -> requests.Response:
+    """A reply built in process, for a client given a scripted or fake `http` instead of a server."""
+    response = requests.Response()
+    response.status_code, response._content = status, body
+    response.headers["Content-Type"] = content_type
+    return response
 
 
 def read_mask(data: bytes, filename: str, tmp_path: Path) -> sitk.Image:

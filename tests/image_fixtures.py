@@ -65,6 +65,13 @@ def tolerance(direction: str, extension: str) -> dict[str, float]:
     return {}
 
 
+def shear(degrees: float) -> np.ndarray:
+    """A 4×4 shear: slices shifted in y along k, as a tilted gantry acquires them."""
+    m = np.eye(4)
+    m[1, 2] = np.tan(np.radians(degrees))
+    return m
+
+
 def make_zip(path: Path, members: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
