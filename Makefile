@@ -26,7 +26,7 @@ serve: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/bandit -q -c pyproject.toml -r server apps bench slicer_plugin
+	$(BIN)/bandit -q -c pyproject.toml -r server aiaa_core apps bench slicer_plugin
 
 # Known vulnerabilities of the pinned set (constraints.txt), looked up in PyPI's advisory data. Not part
 # of `make test` or CI: it needs the vulnerability service, which may be unreachable.
