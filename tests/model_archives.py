@@ -1,7 +1,8 @@
 """Builders for model uploads in the tests: tiny MONAI networks as TorchScript / state dict / ONNX, Clara v4
 `config_aiaa.json` files, MONAI bundles, and .zip / .tar(.gz) archives of them (well-formed or hostile).
 
-Everything is built in memory from real MONAI and PyTorch objects; nothing is downloaded.
+Everything is built in memory from real MONAI and PyTorch objects; nothing is downloaded. `write_folder` puts
+files on disk, and `plant_hostile_models` commits payload models the way an older server did (no checks).
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import stat
+import struct
 import tarfile
 import time
 import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from monai.networks.nets import UNet
@@ -287,3 +291,143 @@ def onnx_with(domain: str = "", external: str | None = None) -> bytes:
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
     graph = helper.make_graph(nodes, "g", [image], [pred], initializer=[scale])
     return helper.make_model(graph, opset_imports=opsets, ir_version=8).SerializeToString()
+
+
+# ------------------------------------------------------------------------ hostile archives (valid MMAR base)
+
+
+def valid_mmar() -> dict:
+    """A well-formed TorchScript MMAR's files: the base the hostile archives below add to."""
+    return mmar_files(v4_config())
+
+
+def zip_with(members: list[tuple[zipfile.ZipInfo | str, bytes]], base: dict | None = None) -> bytes:
+    """A zip of `base` (a valid MMAR by default) plus `members`, written as given (raw ZipInfo attributes kept)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            archive.writestr(name, data)
+        for info, data in members:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def tar_with(members: list[tarfile.TarInfo], base: dict | None = None) -> bytes:
+    """A .tar.gz of `base` (a valid MMAR by default) plus data-less `members` (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in members:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    """A tar header of `kind` (a link, a device...) without data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def zip_symlink() -> bytes:
+    """A valid MMAR zip plus a member whose Unix mode says symbolic link (to /etc/passwd)."""
+    info = zipfile.ZipInfo("models/extra.ts")
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return zip_with([(info, b"/etc/passwd")])
+
+
+def zip_bomb(mb: int) -> bytes:
+    """A valid MMAR plus `mb` MB of zeros that deflate about 1000:1."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in valid_mmar().items():
+            archive.writestr(name, data)
+        with archive.open("models/padding.bin", "w", force_zip64=True) as padding:
+            for _ in range(mb):
+                padding.write(bytes(1024**2))
+    return buffer.getvalue()
+
+
+def tar_bomb(mb: int) -> bytes:
+    """A .tar.gz whose one member is `mb` MB of zeros (gzip packs zeros about 1000:1)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("models/padding.bin")
+        info.size = mb * 1024**2
+        archive.addfile(info, io.BytesIO(bytes(info.size)))
+    return buffer.getvalue()
+
+
+def tar_declaring(size: int) -> bytes:
+    """A plain tar whose header declares `size` bytes that are not there: headers lie."""
+    info = tarfile.TarInfo("models/huge.bin")
+    info.size = size
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    return header + bytes(1024) + bytes(10240)
+
+
+def zip_lying_about_size() -> bytes:
+    """A member whose headers declare 10 bytes but that inflates to 1 MB."""
+    data = bytearray(zip_with([("models/liar.bin", bytes(1024**2))], base={}))
+    local = data.find(b"PK\x03\x04")
+    central = data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, local + 22, 10)
+    struct.pack_into("<I", data, central + 24, 10)
+    return bytes(data)
+
+
+def corrupt_zip() -> bytes:
+    """A valid MMAR zip with 64 bytes of its compressed weights zeroed: every header still intact."""
+    data = bytearray(zip_bytes(valid_mmar()))
+    offset = data.find(b"PK\x01\x02") - 2000  # inside the weights' compressed data, headers intact
+    data[offset : offset + 64] = bytes(64)
+    return bytes(data)
+
+
+def changed_bundle(change) -> dict:
+    """The tiny bundle's files after `change(config)` edited its configs/inference.json (parsed)."""
+    files = bundle_files()
+    config = json.loads(files["configs/inference.json"])
+    change(config)
+    files["configs/inference.json"] = json.dumps(config).encode()
+    return files
+
+
+def write_folder(folder: Path, files: Files) -> Path:
+    """The files under `folder` (member path → bytes), as an unpacked upload or a model version holds them."""
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def touch(marker: Path) -> dict:
+    """LoadImage's extra args, which it passes to the reader it resolved: `subprocess.call(args=[...])`."""
+    return {"args": ["touch", str(marker)]}
+
+
+def installed_the_old_way(repo: Path, name: str, files: Files) -> Path:
+    """A version folder as an older server committed it: files plus the marker, no check of today's."""
+    from server.registry import MARKER
+
+    folder = write_folder(repo / f"{name}@{len(list(repo.iterdir())) + 1}", files)
+    (folder / MARKER).write_text(json.dumps({"name": name, "format": "mmar"}))
+    return folder
+
+
+def plant_hostile_models(repo: Path, marker: Path) -> None:
+    """Two models committed the old way whose payloads would create `marker`: `alias_reader` (a loader
+    alias whose reader runs a command) and `setstate` (TorchScript whose __setstate__ writes a file)."""
+    config = v4_config()
+    config["pre_transforms"][0] = {
+        "name": "monai.transforms.LoadImageD",
+        "args": {"keys": "image", "reader": "subprocess.call", **touch(marker)},
+    }
+    installed_the_old_way(repo, "alias_reader", mmar_files(config))
+    installed_the_old_way(
+        repo, "setstate", {**mmar_files(v4_config()), "models/model.ts": setstate_torchscript(str(marker))}
+    )

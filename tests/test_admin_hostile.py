@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import stat
-import struct
 import tarfile
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -29,16 +26,25 @@ from admin_helpers import (
 )
 from conftest import REPO_ROOT, stop_server
 from model_archives import (
-    bundle_files,
-    mmar_files,
+    changed_bundle,
+    corrupt_zip,
     model_bytes,
     onnx_with,
     setstate_torchscript,
+    tar_bomb,
     tar_bytes,
+    tar_declaring,
+    tar_member,
+    tar_with,
     tiny_unet,
     unet_network_section,
     v4_config,
+    valid_mmar,
+    zip_bomb,
     zip_bytes,
+    zip_lying_about_size,
+    zip_symlink,
+    zip_with,
 )
 
 EVIL = f"aiaa_evil_{uuid.uuid4().hex[:12]}"  # every file a hostile upload tries to create is named after this
@@ -57,92 +63,6 @@ def evil_checkpoint() -> bytes:
     buffer = io.BytesIO()
     torch.save({**state, "payload": Payload()}, buffer)
     return buffer.getvalue()
-
-
-def valid_mmar() -> dict:
-    return mmar_files(v4_config())
-
-
-def zip_with(members: list[tuple[zipfile.ZipInfo | str, bytes]], base: dict | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in (base if base is not None else valid_mmar()).items():
-            archive.writestr(name, data)
-        for info, data in members:
-            archive.writestr(info, data)
-    return buffer.getvalue()
-
-
-def tar_with(members: list[tarfile.TarInfo], base: dict | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in (base if base is not None else valid_mmar()).items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-        for info in members:
-            archive.addfile(info)
-    return buffer.getvalue()
-
-
-def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, linkname
-    return info
-
-
-def zip_symlink() -> bytes:
-    info = zipfile.ZipInfo("models/extra.ts")
-    info.create_system = 3
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return zip_with([(info, b"/etc/passwd")])
-
-
-def zip_bomb(mb: int) -> bytes:
-    """A valid MMAR plus `mb` MB of zeros that deflate about 1000:1."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in valid_mmar().items():
-            archive.writestr(name, data)
-        with archive.open("models/padding.bin", "w", force_zip64=True) as padding:
-            for _ in range(mb):
-                padding.write(bytes(1024**2))
-    return buffer.getvalue()
-
-
-def tar_bomb(mb: int) -> bytes:
-    """A .tar.gz whose one member is `mb` MB of zeros (gzip packs zeros about 1000:1)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        info = tarfile.TarInfo("models/padding.bin")
-        info.size = mb * 1024**2
-        archive.addfile(info, io.BytesIO(bytes(info.size)))
-    return buffer.getvalue()
-
-
-def tar_declaring(size: int) -> bytes:
-    """A plain tar whose header declares `size` bytes that are not there: headers lie."""
-    info = tarfile.TarInfo("models/huge.bin")
-    info.size = size
-    header = info.tobuf(format=tarfile.GNU_FORMAT)
-    return header + bytes(1024) + bytes(10240)
-
-
-def zip_lying_about_size() -> bytes:
-    """A member whose headers declare 10 bytes but that inflates to 1 MB."""
-    data = bytearray(zip_with([("models/liar.bin", bytes(1024**2))], base={}))
-    local = data.find(b"PK\x03\x04")
-    central = data.find(b"PK\x01\x02")
-    struct.pack_into("<I", data, local + 22, 10)
-    struct.pack_into("<I", data, central + 24, 10)
-    return bytes(data)
-
-
-def corrupt_zip() -> bytes:
-    data = bytearray(zip_bytes(valid_mmar()))
-    offset = data.find(b"PK\x01\x02") - 2000  # inside the weights' compressed data, headers intact
-    data[offset : offset + 64] = bytes(64)
-    return bytes(data)
 
 
 def many_files() -> bytes:
@@ -185,39 +105,25 @@ def loader_running(command: list[str]) -> dict:
 
 
 def bundle_archive(change) -> bytes:
-    files = bundle_files()
-    config = json.loads(files["configs/inference.json"])
-    change(config)
-    files["configs/inference.json"] = json.dumps(config).encode()
-    return zip_bytes(files, prefix="bundle")
+    return zip_bytes(changed_bundle(change), prefix="bundle")
 
 
 def preprocessing_step(index: int, step: dict):
     return lambda config: config["preprocessing"]["transforms"].insert(index, step)
 
 
+def escaping(kind: str, zip_name: str, tar_name: str, phrase: str) -> dict:
+    """`zip_<kind>` and `tar_<kind>` cases: a valid MMAR plus one member whose name leaves the archive."""
+    return {
+        f"zip_{kind}": (lambda: archive_part("m.zip", zip_with([(zip_name, b"pwned")])), 400, phrase),
+        f"tar_{kind}": (lambda: archive_part("m.tgz", tar_bytes({**valid_mmar(), tar_name: b"pwned"})), 400, phrase),
+    }
+
+
 # name → (the request's files, status, a phrase the message must hold)
 HOSTILE = {
-    "zip_slip": (
-        lambda: archive_part("m.zip", zip_with([(f"../../{EVIL}.txt", b"pwned")])),
-        400,
-        "points outside the archive",
-    ),
-    "tar_slip": (
-        lambda: archive_part("m.tgz", tar_bytes({**valid_mmar(), f"models/../../../{EVIL}.txt": b"pwned"})),
-        400,
-        "points outside the archive",
-    ),
-    "zip_absolute_path": (
-        lambda: archive_part("m.zip", zip_with([(f"/tmp/{EVIL}.txt", b"pwned")])),
-        400,
-        "absolute path",
-    ),
-    "tar_absolute_path": (
-        lambda: archive_part("m.tgz", tar_bytes({**valid_mmar(), f"/tmp/{EVIL}.txt": b"pwned"})),
-        400,
-        "absolute path",
-    ),
+    **escaping("slip", f"../../{EVIL}.txt", f"models/../../../{EVIL}.txt", "points outside the archive"),
+    **escaping("absolute_path", f"/tmp/{EVIL}.txt", f"/tmp/{EVIL}.txt", "absolute path"),
     "zip_symlink": (lambda: archive_part("m.zip", zip_symlink()), 400, "is a symbolic link"),
     "tar_symlink": (
         lambda: archive_part("m.tgz", tar_with([tar_member("models/extra.ts", tarfile.SYMTYPE, "/etc/passwd")])),

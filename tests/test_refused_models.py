@@ -10,9 +10,8 @@ import pytest
 import requests
 from admin_helpers import start_server_with_admin_file
 from conftest import stop_server
-from model_archives import mmar_files, v4_config, zip_bytes
+from model_archives import installed_the_old_way, mmar_files, plant_hostile_models, v4_config, zip_bytes
 from prometheus_client.parser import text_string_to_metric_families
-from test_upload_code_execution import installed_the_old_way, plant_hostile_models
 
 ADMIN = ("refused-admin", "refused-test-password")
 MODEL = "segmentation_spleen"

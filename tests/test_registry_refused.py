@@ -5,7 +5,7 @@ gone after a restart; nothing of its payload ever ran."""
 from __future__ import annotations
 
 from conftest import REPO_ROOT
-from test_upload_code_execution import plant_hostile_models
+from model_archives import plant_hostile_models
 
 from server.app import create_app
 from server.auth import AdminCredentials
