@@ -16,9 +16,11 @@ import pytest
 import requests
 import torch
 from conftest import REPO_ROOT, STARTUP_TIMEOUT_S, free_port
+from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
 
 from aiaa_core.phantoms import make_phantom, write_phantom
 from lib.networks import segmentation_network
+from server.app_loader import import_app
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +115,28 @@ def test_stock_monailabel_trains_on_a_datastore_label(stock_server):
     assert Path(stats["weights"]) == weights.resolve() or Path(stats["weights"]) == weights
     segmentation_network().load_state_dict(torch.load(weights, weights_only=True))
     assert (app / "model" / "segmentation_spleen.pt").read_bytes() == served  # publish: false
+
+
+def test_app_train_through_monai_labels_app_contract(tmp_path):
+    """What our server's /train/ does: the app built through server.app_loader and MONAI Label's own loader,
+    `app.train(request)` with runs kept outside the app folder (conf `train_dir`)."""
+    torch.set_num_threads(1)
+    app_dir = REPO_ROOT / "apps" / "spleen"
+    import_app(app_dir)
+    app_class = get_class_of_subclass_from_file("main", str(app_dir / "main.py"), "MONAILabelApp")
+    conf = {"models": "segmentation_spleen", "train_dir": str(tmp_path / "runs")}
+    app = app_class(app_dir=str(app_dir), studies=str(labelled_studies(tmp_path)), conf=conf)
+    assert set(app.info()["trainers"]) == {"segmentation_spleen"}
+    served = (app_dir / "model" / "segmentation_spleen.pt").read_bytes()
+
+    report = app.train({"model": "segmentation_spleen", **TINY, "val_split": 0.0})
+    assert report["finished"] and report["datastore_train"] == 1 and report["history"][0]["epoch"] == 1
+    assert report["best_val_dice"] == max(report["baseline_val_dice"], report["history"][0]["val_dice"])
+    weights = tmp_path / "runs" / "segmentation_spleen" / "tiny" / "model.pt"
+    assert Path(report["weights"]) == weights and report["published"] is None
+    segmentation_network().load_state_dict(torch.load(weights, weights_only=True))
+    assert app.info()["train_stats"]["segmentation_spleen"]["best_val_dice"] == report["best_val_dice"]
+    assert (app_dir / "model" / "segmentation_spleen.pt").read_bytes() == served
 
 
 def test_aiaa_train_cli_runs_the_same_trainer(tmp_path):
