@@ -4,16 +4,14 @@ returns masks on the input grid (MONAI Label's own writer, fed by the app's Rest
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, to_ijk
-from conftest import REPO_ROOT, STARTUP_TIMEOUT_S, free_port
+from conftest import REPO_ROOT
+from monailabel_server import stock_monailabel
 
 from aiaa_core.evaluation import dice, extreme_points
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
@@ -27,43 +25,8 @@ def monailabel_server(tmp_path_factory):
     phantom = make_phantom(300_000, size=(96, 84, 56), spacing=(3.5, 3.5, 3.5), orientation="LPS")
     image_path, label_path = write_phantom(phantom, tmp_path_factory.mktemp("truth"), stem="case")
     (studies / "case.nii.gz").write_bytes(image_path.read_bytes())
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "monailabel.main",
-            "start_server",
-            "--app",
-            str(REPO_ROOT / "apps" / "spleen"),
-            "--studies",
-            str(studies),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    ready, lines = threading.Event(), []
-
-    def watch() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "Uvicorn running on" in line or "startup failed" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    if not ready.wait(STARTUP_TIMEOUT_S) or process.poll() is not None or "startup failed" in "".join(lines):
-        process.kill()
-        raise RuntimeError("monailabel start_server did not start:\n" + "".join(lines[-40:]))
-    yield f"http://127.0.0.1:{port}", phantom
-    process.terminate()
-    process.wait(timeout=30)
+    with stock_monailabel(REPO_ROOT / "apps" / "spleen", studies, cwd=REPO_ROOT) as (url, _):
+        yield url, phantom
 
 
 def test_info_lists_the_three_models(monailabel_server):

@@ -8,15 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 import torch
-from conftest import REPO_ROOT, STARTUP_TIMEOUT_S, free_port
+from conftest import REPO_ROOT
 from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+from monailabel_server import stock_monailabel
 
 from aiaa_core.phantoms import make_phantom, write_phantom
 from lib.networks import segmentation_network
@@ -66,28 +66,10 @@ def labelled_studies(folder: Path) -> Path:
 def stock_server(tmp_path_factory):
     """`monailabel start_server` on the app copy, segmentation_spleen only, on a free loopback port."""
     tmp = tmp_path_factory.mktemp("monailabel_train")
-    app, studies, port = copy_app(tmp), labelled_studies(tmp), free_port()
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
-    command += ["--conf", "models", "segmentation_spleen", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen(
-        command, cwd=tmp, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    ready, lines = threading.Event(), []
-
-    def watch() -> None:
-        for line in process.stdout:
-            lines.append(line)
-            if "Uvicorn running on" in line or "startup failed" in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    if not ready.wait(STARTUP_TIMEOUT_S) or process.poll() is not None or "startup failed" in "".join(lines):
-        process.kill()
-        raise RuntimeError("monailabel start_server did not start:\n" + "".join(lines[-40:]))
-    yield f"http://127.0.0.1:{port}", app, lines
-    process.terminate()
-    process.wait(timeout=30)
+    app, studies = copy_app(tmp), labelled_studies(tmp)
+    extra = ("--conf", "models", "segmentation_spleen")
+    with stock_monailabel(app, studies, *extra, cwd=tmp, env=one_thread_env()) as (url, lines):
+        yield url, app, lines
 
 
 def test_stock_monailabel_trains_on_a_datastore_label(stock_server):
