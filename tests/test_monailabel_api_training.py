@@ -67,6 +67,10 @@ def test_labels_train_a_new_version_that_replaces_the_served_model(server, tmp_p
     result = status["result"]
     assert result["installed"] and result["dice_after"] >= result["dice_before"]
     assert any("validation Dice" in line for line in status["details"])
+    assert str(server.model_repo.parent) not in json.dumps(status)  # no server paths in the open status
+    dashboard = requests.get(f"{server.url}/v1/dashboard", params={"format": "json"}, auth=AUTH, timeout=30).json()
+    assert dashboard["training"]["status"] == "DONE" and dashboard["training"]["installed"]
+    assert dashboard["training"]["version"] == result["version"]
     after = served(server.url)[MODEL]  # the AIAA clients' list shows the trained version
     assert after["source"] == "app" and after["version"] == result["version"] != before["version"]
     assert "+trained." in after["version"]

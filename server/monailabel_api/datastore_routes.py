@@ -16,9 +16,10 @@ import SimpleITK as sitk
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from .. import params as checked
-from ..errors import BadRequest, NotFound
+from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..image_reading import read_image
 from ..openapi import BINARY, PARAMS_FIELD, Param, document, form_body, json_reply
+from ..params import MAX_PARAMS_BYTES
 from ..scheduler import Work
 from ..uploads import request_ledger, request_params, safe_name
 from . import PREFIX, annotation_store, scheduler
@@ -43,7 +44,15 @@ LABEL_FORM = form_body(
 
 def json_body() -> dict:
     """The request's JSON object body (MONAI Label's clients send their options so), bounded like `params`."""
-    text = request.get_data(cache=False, as_text=True) if request.content_length else ""
+    if (request.content_length or 0) > MAX_PARAMS_BYTES:
+        raise PayloadTooLarge(f"The JSON body is over this server's limit of {MAX_PARAMS_BYTES} bytes.")
+    raw = request.stream.read(MAX_PARAMS_BYTES + 1)  # bounded even without a Content-Length
+    if len(raw) > MAX_PARAMS_BYTES:
+        raise PayloadTooLarge(f"The JSON body is over this server's limit of {MAX_PARAMS_BYTES} bytes.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The body is not UTF-8 text; send a JSON object.") from None
     body = checked.load_json(text, "body") if text.strip() else {}
     if not isinstance(body, dict):
         raise BadRequest('The body must be a JSON object, e.g. {} or {"max_epochs": 2}.')

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +45,7 @@ MAX_TIME_LIMIT_S = 6 * 3600.0
 DEFAULT_TIME_LIMIT_S = 1800.0
 DETAIL_LINES = 200  # log lines kept for /train/ (MONAI Label's `details`)
 VALIDATION_SHARE = 0.2
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\",:;)\]}]+")  # kept out of `details`: /train/ tells no server paths
 KILL_GRACE_S = 300.0  # past the time limit: the last epoch, validation and the exports
 
 
@@ -223,7 +225,7 @@ class TrainingJobs:
         timer.start()
         try:
             for line in process.stdout:
-                self._details.append(line.rstrip()[:500])
+                self._details.append(ABSOLUTE_PATH.sub("<path>", line.rstrip())[:500])
             code = process.wait()
         finally:
             timer.cancel()
@@ -250,16 +252,17 @@ class TrainingJobs:
         if code != 0 or not result_file.is_file():
             return {"installed": False, "reason": f"the training process ended with code {code}"}, JobStatus.ERROR
         result = json.loads(result_file.read_text(encoding="utf-8"))
+        files = {key: Path(result.pop(key, "")) for key in ("weights", "weights_before")}  # not shown: server paths
         before, after = result["dice_before"], result["dice_after"]
         if after < before:  # the app's task keeps its best epoch, the start (epoch 0) included: a safeguard
             return {**result, "installed": False, "reason": "validation Dice dropped"}, JobStatus.DONE
         name = result["model"]
         replaced = registry.get(name)
         version = f"{__version__}+trained.{work.name}"
-        model = self._install(registry, name, Path(result["weights"]), version, trained=work.name)
+        model = self._install(registry, name, files["weights"], version, trained=work.name)
         kept = self.root / "versions" / name / model.folder.name
         kept.mkdir(parents=True)
-        shutil.copy2(result["weights_before"], kept / "before.pt")
+        shutil.copy2(files["weights_before"], kept / "before.pt")
         entry = {"version": model.folder.name, "before": str(kept / "before.pt"), "before_version": replaced.version}
         self._remember(name, {**entry, "dice_before": before, "dice_after": after})
         improved = result["best_epoch"] > 0  # else the starting weights came back as the new version
