@@ -1,10 +1,16 @@
-"""What the admin-API tests share: a live server with admin credentials and small limits, uploads, checks."""
+"""What the admin-API tests share: a live server with admin credentials and small limits, uploads, checks, and
+hostile model archives (a valid MMAR plus what an attacker adds)."""
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
+import stat
+import struct
+import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +18,7 @@ import requests
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, read_mask, to_ijk
 from conftest import LiveServer, start_server
+from model_archives import mmar_files, v4_config, zip_bytes
 
 from aiaa_core.phantoms import make_phantom, write_phantom
 
@@ -113,3 +120,98 @@ def mask_reply(reply: requests.Response, image_path: Path, tmp: Path) -> tuple[d
     values = to_ijk(mask)
     assert set(np.unique(values)) <= {0, 1}
     return params, values
+
+
+# ------------------------------------------------------------------------ hostile archives (valid MMAR base)
+
+
+def valid_mmar() -> dict:
+    """A well-formed TorchScript MMAR's files: the base the hostile archives below add to."""
+    return mmar_files(v4_config())
+
+
+def zip_with(members: list[tuple[zipfile.ZipInfo | str, bytes]], base: dict | None = None) -> bytes:
+    """A zip of `base` (a valid MMAR by default) plus `members`, written as given (raw ZipInfo attributes kept)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            archive.writestr(name, data)
+        for info, data in members:
+            archive.writestr(info, data)
+    return buffer.getvalue()
+
+
+def tar_with(members: list[tarfile.TarInfo], base: dict | None = None) -> bytes:
+    """A .tar.gz of `base` (a valid MMAR by default) plus data-less `members` (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in (base if base is not None else valid_mmar()).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for info in members:
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def tar_member(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
+    """A tar header of `kind` (a link, a device...) without data."""
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, linkname
+    return info
+
+
+def zip_symlink() -> bytes:
+    """A valid MMAR zip plus a member whose Unix mode says symbolic link (to /etc/passwd)."""
+    info = zipfile.ZipInfo("models/extra.ts")
+    info.create_system = 3
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return zip_with([(info, b"/etc/passwd")])
+
+
+def zip_bomb(mb: int) -> bytes:
+    """A valid MMAR plus `mb` MB of zeros that deflate about 1000:1."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in valid_mmar().items():
+            archive.writestr(name, data)
+        with archive.open("models/padding.bin", "w", force_zip64=True) as padding:
+            for _ in range(mb):
+                padding.write(bytes(1024**2))
+    return buffer.getvalue()
+
+
+def tar_bomb(mb: int) -> bytes:
+    """A .tar.gz whose one member is `mb` MB of zeros (gzip packs zeros about 1000:1)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        info = tarfile.TarInfo("models/padding.bin")
+        info.size = mb * 1024**2
+        archive.addfile(info, io.BytesIO(bytes(info.size)))
+    return buffer.getvalue()
+
+
+def tar_declaring(size: int) -> bytes:
+    """A plain tar whose header declares `size` bytes that are not there: headers lie."""
+    info = tarfile.TarInfo("models/huge.bin")
+    info.size = size
+    header = info.tobuf(format=tarfile.GNU_FORMAT)
+    return header + bytes(1024) + bytes(10240)
+
+
+def zip_lying_about_size() -> bytes:
+    """A member whose headers declare 10 bytes but that inflates to 1 MB."""
+    data = bytearray(zip_with([("models/liar.bin", bytes(1024**2))], base={}))
+    local = data.find(b"PK\x03\x04")
+    central = data.find(b"PK\x01\x02")
+    struct.pack_into("<I", data, local + 22, 10)
+    struct.pack_into("<I", data, central + 24, 10)
+    return bytes(data)
+
+
+def corrupt_zip() -> bytes:
+    """A valid MMAR zip with 64 bytes of its compressed weights zeroed: every header still intact."""
+    data = bytearray(zip_bytes(valid_mmar()))
+    offset = data.find(b"PK\x01\x02") - 2000  # inside the weights' compressed data, headers intact
+    data[offset : offset + 64] = bytes(64)
+    return bytes(data)

@@ -13,8 +13,7 @@ import pytest
 import requests
 from admin_helpers import start_server_with_admin_file
 from conftest import REPO_ROOT, stop_server
-from model_archives import mmar_files, v4_config
-from test_upload_code_execution import installed_the_old_way
+from model_archives import installed_the_old_way, mmar_files, v4_config
 
 from aiaa_core.phantoms import make_phantom, write_phantom
 

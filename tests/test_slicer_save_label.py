@@ -18,7 +18,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
 from AIAASegmentLib import BadInput, Preferences  # noqa: E402
 from AIAASegmentSlicer import mrml_bridge  # noqa: E402
 from AIAASegmentSlicer.logic import AIAALogic, Target  # noqa: E402
-from test_slicer_mrml import linear_transform, rigid, segmentation_converters  # noqa: E402, F401
+from mrml_scene import linear_transform, rigid, segmentation_converters  # noqa: E402, F401
 
 SHAPE_KJI = (10, 12, 14)  # the volume is 14 × 12 × 10 voxels (i, j, k)
 
