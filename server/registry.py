@@ -202,7 +202,9 @@ class ModelRegistry:
         marker = self.store.marker(folder) if (folder / MARKER).is_file() else dict(marker or {})
         fmt = fmt or marker["format"]
         context = LoadContext(device=self.device, app_dir=self.app_dir, engines=self.engines, marker=marker)
-        model = handler(fmt).build(folder, name, context)
+        fmt_handler = handler(fmt)
+        fmt_handler.validate(folder)  # the layout first (files only), then the checked build
+        model = fmt_handler.build(folder, name, context)
         model.folder = folder
         return model
 

@@ -47,6 +47,7 @@ def detect(folder: Path) -> ModelFormatHandler:
     """The handler of an uploaded model folder, by its files (a 400 when it is none of the formats)."""
     for candidate in UPLOADED:
         if candidate.detect(folder):
+            candidate.validate(folder)
             return candidate
     raise BadRequest(
         "Not a model folder: expected config/config_aiaa.json (MMAR) or configs/inference.json|yaml "

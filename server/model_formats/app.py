@@ -76,6 +76,10 @@ class AppFormat(ModelFormatHandler):
         uploaded = MmarFormat().detect(folder) or BundleFormat().detect(folder)
         return (folder / APP_WEIGHTS).is_file() and not uploaded
 
+    def validate(self, folder: Path) -> None:
+        if not (folder / APP_WEIGHTS).is_file():
+            raise BadRequest(f"An app model's version folder holds its weights ({APP_WEIGHTS.as_posix()}); none here.")
+
     def build(self, folder: Path, name: str, context: LoadContext) -> ServedModel:
         if context.app_dir is None or "model" not in context.marker:
             raise BadRequest(f"'{name}' is an app model, but no app is configured to build it.")

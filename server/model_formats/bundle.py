@@ -98,13 +98,20 @@ def read_bundle(folder: Path) -> tuple[TaskSpec, Callable[[], torch.nn.Module] |
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")  # the first present is read
 
 
-def read_configs(folder: Path) -> tuple[dict, dict]:
+def config_paths(folder: Path) -> list[Path]:
+    """The bundle's inference config files (the first is read); a 400 when it or the metadata is missing."""
     configs = folder / "configs"
     paths = [configs / n for n in CONFIG_NAMES if (configs / n).is_file()]
     if not paths:
         raise BadRequest("Bundle has no configs/inference.json (or .yaml).")
     if not (configs / "metadata.json").is_file():
         raise BadRequest("Bundle has no configs/metadata.json.")
+    return paths
+
+
+def read_configs(folder: Path) -> tuple[dict, dict]:
+    configs = folder / "configs"
+    paths = config_paths(folder)
     config = _load(paths[0])
     metadata = _load(configs / "metadata.json")
     return config, metadata
@@ -313,6 +320,10 @@ class BundleFormat(ModelFormatHandler):
 
     def detect(self, folder: Path) -> bool:
         return (folder / "configs").is_dir()
+
+    def validate(self, folder: Path) -> None:
+        super().validate(folder)
+        config_paths(folder)
 
     def build(self, folder: Path, name: str, context: LoadContext):
         spec, network = read_bundle(folder)

@@ -184,6 +184,10 @@ class MmarFormat(ModelFormatHandler):
     def detect(self, folder: Path) -> bool:
         return (folder / CONFIG_FILE).is_file()
 
+    def validate(self, folder: Path) -> None:
+        if not self.detect(folder):
+            raise BadRequest(f"No {CONFIG_FILE.as_posix()} in the model archive.")
+
     def build(self, folder: Path, name: str, context: LoadContext):
         spec, network = read_mmar(folder)
         return configured_model(folder, name, self.format, spec, network, context.engines)
