@@ -20,8 +20,9 @@ UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def upload_parts() -> list:
-    """The uploaded image part(s): `datapoint` (Python client, Slicer), `image`, or `image0..N` (a series)."""
-    for name in ("datapoint", "image"):
+    """The uploaded image part(s): `datapoint` (Python client, Slicer), `image`, `files` (MONAI Label's
+    session upload), or `image0..N` (a series)."""
+    for name in ("datapoint", "image", "files"):
         if name in request.files:
             return request.files.getlist(name)
     series = sorted((k for k in request.files if SERIES_PART.match(k)), key=lambda k: int(k[5:]))

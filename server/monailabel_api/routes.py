@@ -10,7 +10,6 @@ Sessions are the AIAA sessions (one store): a session made through either API se
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,17 +18,15 @@ from flask import Blueprint, current_app, jsonify, request
 from aiaa_core.vocabularies import ModelType
 
 from .. import params as checked
+from ..blueprints import sessions as aiaa_sessions
 from ..blueprints.inference import model_plan
-from ..blueprints.sessions import SessionLedger, requested_expiry
 from ..errors import BadRequest, NotFound, SessionExpired
 from ..image_headers import ImageHeader
-from ..image_names import upload_basename
 from ..image_reading import read_image, require_3d
 from ..inference import run_model
 from ..metrics import record_inference
-from ..openapi import BINARY, PARAMS_FIELD, SESSION_INFO_REF, Param, document, form_body, json_reply
+from ..openapi import BINARY, PARAMS_FIELD, RESULT_REPLY, SESSION_INFO_REF, Param, document, form_body, json_reply
 from ..replies import mask_reply, output_mode
-from ..scheduler import Work
 from ..uploads import request_ledger, request_params, safe_name
 from . import PREFIX, annotation_store, registry, scheduler, sessions
 from .info import app_info
@@ -48,17 +45,6 @@ INFER_FORM = form_body(
     },
     description="Multipart form: 'params' JSON and, without ?image= or ?session_id=, the image as 'file'.",
 )
-INFER_REPLY = {
-    "description": "multipart/form-data: 'params' (result JSON) and the mask on the input grid as 'image'; "
-    "output=json: the JSON only, output=image: the bare mask file.",
-    "content": {
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"params": {"type": "object"}, "image": BINARY}}
-        },
-        "application/json": {"schema": {"type": "object"}},
-        "application/octet-stream": {"schema": BINARY},
-    },
-}
 OUTPUTS = {"all": "multipart", "image": "image", "json": "json"}  # MONAI Label's names → the AIAA replies'
 
 
@@ -101,7 +87,7 @@ def requested_label(params: dict) -> str | None:
         Param("output", "all (default: multipart), image or json.", {"type": "string", "enum": list(OUTPUTS)}),
     ],
     body=INFER_FORM,
-    reply=INFER_REPLY,
+    reply=RESULT_REPLY,
     errors=(400, 404, 413, 415, 440, 503),
 )
 def infer(model: str):
@@ -157,30 +143,9 @@ def infer(model: str):
     errors=(400, 413, 415, 503),
 )
 def create_session():
-    """MONAI Label's session: the upload (`files` parts) decoded once and kept for later clicks."""
-    expiry = requested_expiry()
-    checked.query_flag("uncompress")
-    parts = request.files.getlist("files")
-    if not parts:
-        raise BadRequest("No image in the request: attach the volume (or DICOM series) as 'files' part(s).")
-    incoming = sessions().root / "incoming"
-    incoming.mkdir(exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=incoming))
-    try:
-        paths = []
-        for index, part in enumerate(parts):
-            (folder / str(index)).mkdir()
-            paths.append(folder / str(index) / safe_name(part.filename or ""))
-            part.save(paths[-1])
-        with scheduler().run(Work.DECODE):
-            ledger = SessionLedger(request_ledger(), sessions())
-            max_voxels = current_app.config["SETTINGS"].max_image_voxels
-            image = read_image(paths, max_voxels=max_voxels, ledger=ledger)
-        session = sessions().create(image, folder, upload_basename(parts[0].filename or ""), expiry)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return jsonify({"session_id": session.id, "session_info": session.info()})
+    """MONAI Label's session: the upload (`files` parts) decoded once and kept for later clicks. The AIAA
+    `PUT /session/` itself (it takes the `files` part too): the same store, checks and reply keys."""
+    return aiaa_sessions.create_session()
 
 
 @bp.get("/session/<session_id>")
@@ -190,12 +155,8 @@ def create_session():
     errors=(404,),
 )
 def get_session(session_id: str):
-    """The session's information while it lives (404 once unknown or expired, as MONAI Label answers)."""
-    touch = checked.query_flag("update_ts")
-    try:
-        return jsonify(sessions().get(session_id, touch=touch).info())
-    except SessionExpired as exc:
-        raise NotFound(exc.message) from None
+    """The session's information while it lives (404 once unknown or expired): the AIAA view itself."""
+    return aiaa_sessions.get_session(session_id)
 
 
 @bp.delete("/session/<session_id>")
