@@ -223,3 +223,27 @@ def test_monai_label_login_gives_a_token_for_the_admin_operations(server, phanto
     assert not forged.auth_valid_token()
     with pytest.raises(MONAILabelClientException):
         forged.save_label("login-a", str(label_path))
+
+
+def test_the_api_follows_the_servers_url_prefix(tmp_path):
+    """With `--url-prefix /aiaa` MONAI Label's clients take `http://host:port/aiaa/monailabel` as the address."""
+    from server.app import create_app
+    from server.auth import AdminCredentials
+    from server.registry import ModelRegistry
+    from server.settings import Settings
+
+    settings = Settings(
+        model_repo=tmp_path / "repo",
+        log_dir=tmp_path / "logs",
+        session_dir=tmp_path / "sessions",
+        datastore_dir=tmp_path / "datastore",
+        url_prefix="/aiaa",
+        admin_credentials=AdminCredentials("admin", "prefix-test"),
+        warm_up=False,
+    )
+    web = create_app(settings, registry=ModelRegistry(tmp_path / "repo", [])).test_client()
+    for path in ("/aiaa/monailabel/info/", "/monailabel/info/"):
+        reply = web.get(path)
+        assert reply.status_code == 200 and reply.get_json()["models"] == {}, path
+    assert web.get("/aiaa/monailabel/datastore/").get_json() == {"total": 0, "completed": 0, "label_tags": {}}
+    assert web.get("/aiaa/v1/models").status_code == 200  # the AIAA contract beside it, unchanged
