@@ -19,6 +19,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """Stop a child process by its own handle: SIGTERM, then SIGKILL if it has not ended within `timeout_s`.
+    The benches and the tests stop every server, Redis and Ray process they started this way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class Server:
     url: str
@@ -39,12 +52,7 @@ class Server:
         return values
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 def start(args: list[str], ready: tuple[str, ...], port: int, timeout_s: float = 300) -> Server:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 from conftest import free_port
+from processes import stop_process
 
 START_TIMEOUT_S = 20
 
@@ -48,13 +49,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=10)
         self.process = None
 
     def restart(self) -> None:

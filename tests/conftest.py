@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from processes import free_port, stop_process
 
 from server.app_loader import import_app
 
@@ -30,12 +30,6 @@ class LiveServer:
     model_repo: Path
     session_dir: Path
     console: list[str] = field(default_factory=list)  # the process's stderr lines, as they come
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(tmp: Path, *extra: str, env: dict[str, str | None] | None = None) -> LiveServer:
@@ -99,12 +93,7 @@ def generated_admin(server: LiveServer) -> tuple[str, str]:
 
 
 def stop_server(server: LiveServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_process(server.process, timeout_s=20)
 
 
 @pytest.fixture(scope="session")
