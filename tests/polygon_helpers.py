@@ -28,14 +28,23 @@ def disc(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> 
 
 
 SQUARE = [[[2.5, 2.5], [2.5, 6.5], [6.5, 6.5], [6.5, 2.5]]]
-GOOD_2D = {
-    "poly": SQUARE,
-    "vertex_offset": [1, 1],
-    "dimension": 2,
-    "polygon_index": 0,
-    "vertex_index": 0,
-    "propagate_neighbor": 1,
-}
+
+
+def drag(poly, offset, *, vertex: int = 0, neighbours: int = 0, **more) -> dict:
+    """fixpolygon params: move vertex `vertex` of polygon 0 by `offset` ([d_row, d_column]) on a 2D slice,
+    `neighbours` vertices on each side following; `more` adds or overrides (dimension, slice_index...)."""
+    return {
+        "poly": poly,
+        "vertex_offset": list(offset),
+        "dimension": 2,
+        "polygon_index": 0,
+        "vertex_index": vertex,
+        "propagate_neighbor": neighbours,
+        **more,
+    }
+
+
+GOOD_2D = drag(SQUARE, [1, 1], neighbours=1)
 
 
 @pytest.fixture(scope="module")

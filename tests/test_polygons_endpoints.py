@@ -17,6 +17,7 @@ from polygon_helpers import (
     SQUARE,
     client,
     disc,
+    drag,
     post,
     read_multipart,
     volume_bytes,
@@ -60,15 +61,7 @@ def test_fixpolygon_2d_replies_multipart_with_the_mask_on_the_input_grid(client,
     rectangle[4:16, 5:8] = True
     poly = [p.tolist() for p in slice_polygons(rectangle.T)]  # [j, i] vertices
     vertex = int(np.argmax(np.asarray(poly[0])[:, 1]))  # a vertex on the far i edge
-    params = {
-        "poly": poly,
-        "vertex_offset": [0, 4],
-        "dimension": 2,
-        "polygon_index": 0,
-        "vertex_index": vertex,
-        "propagate_neighbor": 2,
-        "slice_index": 3,
-    }
+    params = drag(poly, [0, 4], vertex=vertex, neighbours=2, slice_index=3)
     image = np.random.default_rng(0).normal(size=SIZE).astype(np.float32)
     result, filename, mask = read_multipart(post(client, "fixpolygon", params, volume_bytes(image, tmp_path)), tmp_path)
     assert filename == "result.nii.gz"
@@ -200,16 +193,7 @@ def test_3d_round_trip_mask_polygons_fixpolygon_zero_offset_gives_the_mask_back(
     slices = post(client, "mask2polygon", {}, volume_bytes(mask, tmp_path)).get_json()
     rows_k0 = np.concatenate([np.asarray(p)[:, 0] for p in slices[0]])
     assert (rows_k0.min(), rows_k0.max()) == (2.5, 5.5)  # coordinate 0 spans j (3..5), not i (2..19)
-    params = {
-        "poly": slices,
-        "vertex_offset": [0, 0],
-        "dimension": 3,
-        "slice_index": 1,
-        "polygon_index": 0,
-        "vertex_index": 0,
-        "propagate_neighbor": 3,
-        "propagate_neighbor_3d": 2,
-    }
+    params = drag(slices, [0, 0], neighbours=3, dimension=3, slice_index=1, propagate_neighbor_3d=2)
     result, filename, fixed = read_multipart(post(client, "fixpolygon", params, volume_bytes(mask, tmp_path)), tmp_path)
     assert filename == "result.nii.gz"
     assert_input_grid(fixed)
@@ -246,14 +230,7 @@ def png_reply(reply) -> tuple[dict, str, bytes]:
 
 def test_fixpolygon_png_in_png_out_of_the_same_size(client, tmp_path):
     picture = np.random.default_rng(1).integers(0, 255, size=(23, 37))  # 23 rows (j) × 37 columns (i)
-    params = {
-        "poly": BAR,
-        "vertex_offset": [0, 5],
-        "dimension": 2,
-        "polygon_index": 0,
-        "vertex_index": 1,
-        "propagate_neighbor": 0,
-    }
+    params = drag(BAR, [0, 5], vertex=1)
     result, filename, data = png_reply(post(client, "fixpolygon", params, png_bytes(picture, tmp_path), "slice.png"))
     assert filename == "result.png"
     mask = read_png(data, tmp_path)
@@ -276,7 +253,7 @@ def test_fixpolygon_png_in_png_out_of_the_same_size(client, tmp_path):
 def test_2d_results_default_to_png_and_take_other_formats(client, tmp_path, upload, options, filename, pixel):
     picture = np.zeros((23, 37), np.uint8)
     data = png_bytes(picture, tmp_path) if upload == "png" else volume_bytes(picture.T, tmp_path)
-    params = {"poly": BAR, "vertex_offset": [0, 0], "dimension": 2, "polygon_index": 0, "vertex_index": 0, **options}
+    params = drag(BAR, [0, 0], **options)
     reply = post(client, "fixpolygon", params, data, "slice.png" if upload == "png" else "slice.nii.gz")
     _, name, content = png_reply(reply)
     assert name == filename
