@@ -18,9 +18,7 @@ from mrml_scene import (
     scene,
     segmentation,
     segmentation_converters,
-    slicer,
     volume_node,
-    vtk,
     world_voxels,
 )
 from requests_toolbelt import MultipartEncoder
@@ -28,6 +26,8 @@ from requests_toolbelt import MultipartEncoder
 __all__ = ["scene", "segmentation", "segmentation_converters", "volume_node"]  # the fixtures
 
 # after mrml_scene, which skips this module where slicer-core is not installed
+import slicer  # noqa: E402
+import vtk  # noqa: E402
 from AIAASegmentLib import BadInput, Client, ModelInfo, ijk_to_world, read_nifti, write_nifti  # noqa: E402
 from AIAASegmentSlicer import mrml_bridge  # noqa: E402
 from AIAASegmentSlicer.logic import AIAALogic, Target  # noqa: E402
