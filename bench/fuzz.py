@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
-import datetime
 import os
 import secrets
-import shlex
 import sys
 import tempfile
 import time
@@ -251,16 +249,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     import processes
     import schemathesis
-    from run_all import machine
+    from run_all import run_header
 
     args = parse_args(argv)
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": shlex.join(["python", "bench/fuzz.py", *(sys.argv[1:] if argv is None else argv)]),
-        "schemathesis": schemathesis.__version__,
-        "hypothesis": hypothesis.__version__,
-    }
+    header = run_header("fuzz.py", argv, schemathesis=schemathesis.__version__, hypothesis=hypothesis.__version__)
     headers = auth_header(args.user, args.password)
 
     def run(url: str) -> Report:

@@ -58,6 +58,17 @@ def load() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
+def run_header(script: str, argv: list[str] | None, **extra: str) -> dict[str, str]:
+    """What a benchmark report's header says of its run: date, machine, load at the start, the command line."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "load_start": load(),
+        "command": shlex.join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)]),
+        **extra,
+    }
+
+
 class Client:
     """The AIAA calls the benchmark makes, on one keep-alive connection."""
 
@@ -380,12 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     started = time.perf_counter()
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "load_start": load(),
-        "command": shlex.join(["python", "bench/run_all.py", *(sys.argv[1:] if argv is None else argv)]),
-    }
+    header = run_header("run_all.py", argv)
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         tmp = Path(tmp)
         phantom = make_phantom(4242, size=tuple(args.size), spacing=args.spacing, orientation="LPS")

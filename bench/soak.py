@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import os
 import secrets
-import shlex
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +35,7 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 
 import processes  # noqa: E402
-from run_all import Client, click_sets, load, machine, percentile  # noqa: E402
+from run_all import Client, click_sets, load, percentile, run_header  # noqa: E402
 
 from aiaa_core.evaluation import extreme_points  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
@@ -283,12 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    header = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "load_start": load(),
-        "command": shlex.join(["python", "bench/soak.py", *(sys.argv[1:] if argv is None else argv)]),
-    }
+    header = run_header("soak.py", argv)
     result = soak(args)
     header["load_end"] = load()
     args.out.parent.mkdir(parents=True, exist_ok=True)
