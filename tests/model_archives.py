@@ -115,31 +115,17 @@ def mmar_files(config: dict | str | bytes, kind: str = "ts", module: torch.nn.Mo
     return {"config/config_aiaa.json": config, f"models/model.{kind}": model_bytes(module or tiny_unet(), kind)}
 
 
-def bundle_files(labels: tuple[str, ...] = ("spleen",), module: torch.nn.Module | None = None) -> dict:
-    """A MONAI bundle in the layout of MONAI's spleen_ct_segmentation, scaled down (UNet, sliding window)."""
-    channel_def = {"0": "background", **{str(i + 1): label for i, label in enumerate(labels)}}
-    metadata = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": "0.1.2",
-        "monai_version": "1.5.2",
-        "pytorch_version": "2.13.0",
-        "name": "tiny spleen bundle",
-        "task": "Spleen CT segmentation",
-        "description": "A tiny spleen-style segmentation bundle for the tests",
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                                 "channel_def": channel_def}},
-        },
-    }  # fmt: skip
-    inference = {
+def spleen_inference_config(network: Mapping | None = None) -> dict:
+    """inference.json of MONAI's spleen_ct_segmentation bundle, scaled down (UNet `network` args, sliding
+    window), data loading, handlers and evaluator included: what a bundle from the model zoo holds."""
+    return {
         "imports": ["$import glob", "$import os"],
         "bundle_root": ".",
         "output_dir": "$@bundle_root + '/eval'",
         "dataset_dir": "/workspace/data/Task09_Spleen",
         "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": "UNet", **UNET_ARGS, "norm": "batch"},
+        "network_def": {"_target_": "UNet", **(network or UNET_ARGS), "norm": "batch"},
         "network": "$@network_def.to(@device)",
         "preprocessing": {
             "_target_": "Compose",
@@ -176,6 +162,26 @@ def bundle_files(labels: tuple[str, ...] = ("spleen",), module: torch.nn.Module 
         "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)"],
         "run": ["$@evaluator.run()"],
     }  # fmt: skip
+
+
+def bundle_files(labels: tuple[str, ...] = ("spleen",), module: torch.nn.Module | None = None) -> dict:
+    """A MONAI bundle in the layout of MONAI's spleen_ct_segmentation, scaled down (UNet, sliding window)."""
+    channel_def = {"0": "background", **{str(i + 1): label for i, label in enumerate(labels)}}
+    metadata = {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
+        "version": "0.1.2",
+        "monai_version": "1.5.2",
+        "pytorch_version": "2.13.0",
+        "name": "tiny spleen bundle",
+        "task": "Spleen CT segmentation",
+        "description": "A tiny spleen-style segmentation bundle for the tests",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1}},
+            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
+                                 "channel_def": channel_def}},
+        },
+    }  # fmt: skip
+    inference = spleen_inference_config()
     module = module or tiny_unet(norm="batch")
     return {
         "configs/metadata.json": json.dumps(metadata, indent=2).encode(),

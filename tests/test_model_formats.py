@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_archives import model_bytes
 from monai.networks.nets import UNet
 
 from aiaa_core.mask_geometry import dice
@@ -87,19 +88,8 @@ def write_mmar(folder: Path, config: dict | str, weights: str = "model.ts", modu
     (folder / "config" / "config_aiaa.json").write_text(text)
     module = (module or ThresholdNet()).eval()
     path = folder / "models" / weights
-    if weights == "model.ts":
-        torch.jit.script(module).save(str(path))
-    elif weights == "model.pt":
-        torch.save(module.state_dict(), path)
-    elif weights == "model.onnx":
-        torch.onnx.export(
-            module,
-            (torch.zeros(1, 1, 16, 16, 16),),
-            str(path),
-            dynamo=False,
-            input_names=["image"],
-            dynamic_axes={"image": {0: "b", 2: "x", 3: "y", 4: "z"}},
-        )
+    if weights in ("model.ts", "model.pt", "model.onnx"):
+        path.write_bytes(model_bytes(module, weights.rsplit(".", 1)[1]))
     return folder
 
 

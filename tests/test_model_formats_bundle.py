@@ -8,62 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from model_archives import spleen_inference_config
 from monai.networks.nets import UNet
 
 from aiaa_core.phantoms import make_phantom
 from server.errors import BadRequest
 from server.inference import run_model
 from server.model_formats import load_model
-from tests.test_model_formats import CT_WINDOW, SMALL_UNET, ThresholdNet, dice, expected_mask
+from tests.test_model_formats import SMALL_UNET, ThresholdNet, dice, expected_mask
 
 
 def spleen_style_config() -> dict:
     """Shaped like the model zoo's spleen_ct_segmentation inference.json, data loading and evaluator included."""
-    return {
-        "imports": ["$import glob", "$import os"],
-        "bundle_root": ".",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "/workspace/data/Task09_Spleen",
-        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": "UNet", "spatial_dims": 3, **SMALL_UNET, "norm": "batch"},
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "LoadImaged", "keys": "image"},
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": [4.0, 4.0, 4.0], "mode": "bilinear"},
-                {"_target_": "ScaleIntensityRanged", "keys": "image", **CT_WINDOW},
-                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-            ],
-        },
-        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [32, 32, 32], "sw_batch_size": 2, "overlap": 0.5},
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {
-                    "_target_": "Invertd",
-                    "keys": "pred",
-                    "transform": "@preprocessing",
-                    "orig_keys": "image",
-                    "nearest_interp": False,
-                    "to_tensor": True,
-                    "device": "@device",
-                },
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False},
-            ],
-        },
-        "handlers": [{"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'"}],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader"},
-        "initialize": ["$setattr(torch.backends.cudnn, 'benchmark', True)"],
-        "run": ["$@evaluator.run()"],
-    }
+    return spleen_inference_config({"spatial_dims": 3, **SMALL_UNET})
 
 
 METADATA = {

@@ -6,13 +6,13 @@ later request (segmentations and clicks) on that image."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT
 from model_archives import bundle_files, mmar_files, tiny_unet, v4_config
+from model_archives import write_folder as write
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from monai.transforms import Spacingd
 
@@ -41,13 +41,6 @@ def state_dict_config() -> dict:
                  "num_res_units": 1},
     }  # fmt: skip
     return config
-
-
-def write(folder: Path, files: dict) -> Path:
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    return folder
 
 
 @pytest.fixture(scope="module")
