@@ -75,9 +75,9 @@ def test_touched_faces_needs_more_than_a_voxel():
 def test_one_click_segments_an_object_larger_than_the_first_crop(tmp_path):
     image, bar = bar_image()
     model = served(DeepGrow3D, tmp_path)
-    model.task.max_zoom_outs = 0
+    model.task.max_zoom_outs, model.task.region_margin_mm = 0, 0.0  # the network's first crop alone
     first, first_result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": []})
-    model.task.max_zoom_outs = DeepGrow3D.max_zoom_outs
+    model.task.max_zoom_outs, model.task.region_margin_mm = DeepGrow3D.max_zoom_outs, DeepGrow3D.region_margin_mm
     mask, result = run_model(model, image, {"foreground": [[120, 60, 50]], "background": []})
     (i0, i1), _, _ = first_result["crop"]
     assert (i1 - i0) * SPACING[0] < 200  # the first crop holds less than the bar's 360 mm
