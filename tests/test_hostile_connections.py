@@ -13,8 +13,9 @@ import requests
 from conftest import start_server, stop_server
 
 from server.app import create_app, too_large_message
-from server.cli import parser, settings_from_args, waitress_options
+from server.cli import parser
 from server.registry import ModelRegistry
+from server.serve_command import settings_from_args, waitress_options
 from server.settings import Settings
 
 IDLE_CONNECTIONS = 150

@@ -9,7 +9,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from aiaa_core.engines import check_engine, resolve_engine
 from aiaa_core.vocabularies import ENGINES, SERVABLE_TYPES, EngineName, ModelFormat, ModelType
-from server.cli import ENGINE_CHOICES
+from server.serve_command import ENGINE_CHOICES
 
 
 def test_model_types_are_monai_labels_infer_types():
