@@ -120,8 +120,9 @@ class ConfiguredTask(BasicInferTask):
 
     @property
     def engine(self) -> str:
-        """What runs the network on the CPU: the chosen engine once chosen, else the upload's own."""
-        chosen = self._chosen.get("cpu")
+        """What runs the network: the engine chosen at install or warm-up (the server's one device), else the
+        upload's own."""
+        chosen = next(iter(self._chosen.values()), None)
         return getattr(chosen, "engine", self.uploaded_engine)
 
     def choose_engine(self, device: str = "cpu") -> torch.nn.Module:
