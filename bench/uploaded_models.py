@@ -1,16 +1,16 @@
 """Uploaded models on the fast path: the model zoo's spleen bundle, uploaded to a live server, against eager.
 
-    .venv/bin/python bench/uploaded_models.py [--runs 3] [--out bench/results/uploaded_models.md]
+    .venv/bin/python bench/uploaded_models.py [--runs 5] [--out bench/results/uploaded_models.md]
 
-Builds MONAI's `spleen_ct_segmentation` bundle as published (its inference config and metadata: UNet
-16-32-64-128-256 with batch norm and two residual units, 1.5×1.5×2 mm, sliding window 96³ with overlap
-0.5), with random weights (seeded; the zoo's trained weights are not downloaded), and starts `aiaa serve`
-with `--model-engine zoo_spleen_torch=torch`. The same archive is uploaded twice: `zoo_spleen` (the
-default engine: ONNX Runtime once its export matched the upload at install) and `zoo_spleen_torch`
-(`--engine torch`: the upload as it came, eager PyTorch). One 512×512×32 CT session, then per round
-one segmentation with each, and with the app's own `segmentation_spleen`, in turn; the first round pays
-for the session's pre-processing, later rounds reuse it. Prints the figures and writes a Markdown report
-(date, machine, command, load).
+Builds MONAI's `spleen_ct_segmentation` bundle as published (its inference config and metadata, kept in
+`bench/zoo/spleen_ct_segmentation/configs/`: UNet 16-32-64-128-256 with batch norm and two residual units,
+1.5×1.5×2 mm, sliding window 96³ with overlap 0.5), with random weights (seeded; the zoo's trained weights
+are not downloaded), and starts `aiaa serve` with `--model-engine zoo_spleen_torch=torch`. The same
+archive is uploaded twice: `zoo_spleen` (the default engine: ONNX Runtime once its export matched the
+upload at install) and `zoo_spleen_torch` (`--engine torch`: the upload as it came, eager PyTorch). One
+512×512×32 CT session, then per round one segmentation with each, and with the app's own
+`segmentation_spleen`, in turn; the first round pays for the session's pre-processing, later rounds reuse
+it. Prints the figures and writes a Markdown report (date, machine, command, load).
 """
 
 from __future__ import annotations
@@ -44,78 +44,24 @@ from aiaa_core.phantoms import make_phantom  # noqa: E402
 
 FAST, EAGER, APP = "zoo_spleen", "zoo_spleen_torch", "segmentation_spleen"
 CT_SIZE, CT_SPACING = (512, 512, 32), (0.75, 0.75, 5.0)  # 384×384×160 mm
-ZOO_UNET = {
-    "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [16, 32, 64, 128, 256],
-    "strides": [2, 2, 2, 2], "num_res_units": 2, "norm": "batch",
-}  # fmt: skip
+ZOO_BUNDLE = REPO / "bench" / "zoo" / "spleen_ct_segmentation"  # configs/ as the model zoo publishes them
 
 
 def zoo_spleen_bundle() -> bytes:
-    """`spleen_ct_segmentation` as the model zoo publishes it (configs/inference.json, metadata), as a zip."""
-    inference = {
-        "imports": ["$import glob", "$import os"],
-        "bundle_root": ".",
-        "output_dir": "$@bundle_root + '/eval'",
-        "dataset_dir": "/workspace/data/Task09_Spleen",
-        "datalist": "$list(sorted(glob.glob(@dataset_dir + '/imagesTs/*.nii.gz')))",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
-        "network_def": {"_target_": "UNet", **ZOO_UNET},
-        "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image"},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
-            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0,
-             "b_max": 1, "clip": True},
-            {"_target_": "EnsureTyped", "keys": "image"},
-        ]},
-        "dataset": {"_target_": "Dataset", "data": "$[{'image': i} for i in @datalist]", "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
-                       "num_workers": 4},
-        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96], "sw_batch_size": 4, "overlap": 0.5},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "resample": False,
-             "squeeze_end_dims": True},
-        ]},
-        "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/model.pt'",
-             "load_dict": {"model": "@network"}},
-            {"_target_": "StatsHandler", "iteration_log": False},
-        ],
-        "evaluator": {"_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@dataloader",
-                      "network": "@network", "inferer": "@inferer", "postprocessing": "@postprocessing",
-                      "val_handlers": "@handlers", "amp": True},
-        "evaluating": ["$setattr(torch.backends.cudnn, 'benchmark', True)", "$@evaluator.run()"],
-    }  # fmt: skip
-    metadata = {
-        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20220324.json",
-        "version": "0.5.3",
-        "monai_version": "1.3.0",
-        "name": "Spleen CT segmentation",
-        "task": "Decathlon spleen segmentation",
-        "description": "A pre-trained model for volumetric (3D) segmentation of the spleen from CT image",
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "num_channels": 1,
-                                 "spatial_shape": [96, 96, 96]}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": 2,
-                                 "channel_def": {"0": "background", "1": "spleen"}}},
-        },
-    }  # fmt: skip
+    """`spleen_ct_segmentation` as the model zoo publishes it (its configs/, read from `ZOO_BUNDLE`) with
+    random seeded weights for the network its `network_def` names, as a zip."""
     from monai.networks.nets import UNet
 
+    inference = json.loads((ZOO_BUNDLE / "configs" / "inference.json").read_text(encoding="utf-8"))
+    network = {k: v for k, v in inference["network_def"].items() if k != "_target_"}
     torch.manual_seed(0)
     weights = io.BytesIO()
-    torch.save(UNet(**ZOO_UNET).state_dict(), weights)
+    torch.save(UNet(**network).state_dict(), weights)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w") as z:
-        z.writestr("spleen_ct_segmentation/configs/inference.json", json.dumps(inference, indent=4))
-        z.writestr("spleen_ct_segmentation/configs/metadata.json", json.dumps(metadata, indent=4))
-        z.writestr("spleen_ct_segmentation/models/model.pt", weights.getvalue())
+        for path in sorted((ZOO_BUNDLE / "configs").iterdir()):
+            z.writestr(f"{ZOO_BUNDLE.name}/configs/{path.name}", path.read_bytes())
+        z.writestr(f"{ZOO_BUNDLE.name}/models/model.pt", weights.getvalue())
     return archive.getvalue()
 
 
