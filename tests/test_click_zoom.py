@@ -1,4 +1,5 @@
-"""The click models' zoom-out: when the object reaches the crop's border, infer again on a larger crop.
+"""The click models' field of view: the zoom-out (when the object reaches the crop's border, infer again
+on a larger crop), deepgrow's grown intensity region and the extreme points' box fit.
 
 The network is replaced by a threshold (foreground where the CT channel is bright), so what the task
 returns is decided by its crops alone: a long bright bar clicked in its middle is whole only if the
@@ -16,6 +17,8 @@ from aiaa_core.evaluation import dice
 from aiaa_core.transforms import AIR_HU, CropAroundPointsd, resize_logits, resize_region
 from aiaa_core.volumes import to_array
 from lib.infers import DeepGrow3D, ExtremePoints
+from lib.infers.click_region import accept_region, grow_region
+from lib.infers.extreme_points import fit_to_box, reaches_every_face
 from lib.infers.interactive import touched_faces, zoomed_box
 from server.inference import run_model
 from server.registry import ServedModel
@@ -140,3 +143,84 @@ def test_pasting_resamples_only_around_the_object_as_a_full_resize_would():
     full = resize_logits(score[None], size)[0]
     part = resize_region(score, size, [10, 0, 50], [100, 97, 200])
     assert torch.allclose(full[10:100, :, 50:200], part, atol=1e-4)
+
+
+# --- the grown intensity region (deepgrow) and the extreme points' box fit ------------------------------
+
+
+class Blob(torch.nn.Module):
+    """Stand-in network that under-segments: a ball of about 12 mm radius around the foreground click."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = x[:, 1:2] - 0.001  # the click's Gaussian heatmap (σ 2 crop voxels of 1.6 mm)
+        return torch.cat([torch.zeros_like(score), score], dim=1)
+
+
+def organ_image(noise_hu: float = 10.0) -> tuple[sitk.Image, np.ndarray]:
+    """A 60 HU organ 36 × 36 × 32 mm in 0 HU tissue (2 mm voxels), with Gaussian noise."""
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0.0, noise_hu, SHAPE).astype(np.float32)
+    organ = np.zeros(SHAPE, dtype=bool)
+    organ[101:119, 51:69, 41:57] = True
+    hu[organ] += 60.0
+    image = sitk.GetImageFromArray(np.round(hu).astype(np.int16).T.copy())
+    image.SetSpacing(SPACING)
+    return image, organ
+
+
+def test_the_grown_region_completes_an_under_segmented_organ(tmp_path):
+    image, organ = organ_image()
+    weights = tmp_path / "blob.pt"
+    torch.save(Blob().state_dict(), weights)
+    model = ServedModel(name="blob", task=DeepGrow3D(path=str(weights), network=Blob(), engine="torch"), source="test")
+    click = {"foreground": [[110, 60, 49]], "background": []}
+    model.task.region_margin_mm = 0.0
+    network_only, _ = run_model(model, image, click)
+    model.task.region_margin_mm = DeepGrow3D.region_margin_mm
+    grown, _ = run_model(model, image, click)
+    assert dice(network_only, organ) < 0.6
+    assert dice(grown, organ) > 0.85
+
+
+def test_no_region_on_textured_tissue():
+    rng = np.random.default_rng(1)
+    hu = rng.choice([-100.0, 200.0], size=(40, 40, 40))  # a gas-and-contrast stomach, say
+    assert grow_region(hu, [[20, 20, 20]]) is None
+
+
+def test_a_background_click_cuts_a_leak_at_its_bridge():
+    hu = np.zeros((60, 30, 30), dtype=np.float32)
+    hu[5:25, 5:25, 5:25] = 60.0  # the object
+    hu[35:55, 5:25, 5:25] = 60.0  # a neighbour of the same intensity
+    hu[25:35, 13:17, 13:17] = 60.0  # a 4-voxel bridge between them
+    leaked = grow_region(hu, [[15, 15, 15]])
+    cut = grow_region(hu, [[15, 15, 15]], [[45, 15, 15]])
+    assert leaked[45, 15, 15] and leaked[15, 15, 15]
+    assert cut[15, 15, 15] and not cut[45, 15, 15]
+    assert cut[5:25, 5:25, 5:25].mean() > 0.95 and not cut[35:55].any()
+
+
+def test_region_accepted_only_when_it_agrees_and_adds():
+    network = np.zeros((40, 40, 40), dtype=bool)
+    network[15:25, 15:25, 15:25] = True
+    larger = np.zeros_like(network)
+    larger[10:30, 10:30, 10:30] = True  # holds the network's mask, 8× its size
+    elsewhere = np.roll(larger, 20, axis=0)
+    assert accept_region(larger, network)
+    assert not accept_region(network.copy(), network)  # adds nothing: the network's own mask is kept
+    assert not accept_region(elsewhere & ~network, network)  # another object
+    assert not accept_region(np.ones_like(network), network)  # a leak: 64× the network's mask
+
+
+def test_extreme_points_mask_fitted_to_their_box():
+    score = -torch.ones(40, 40, 40)
+    score[12:28, 12:28, 12:28] = 1.0  # the object, confidently
+    score[10:30, 10:30, 10:30] += 0.8  # its rim, just below the threshold: the points are at 10 and 29
+    score[32:38, 20, 20] = 3.0  # a leak beyond the points' box
+    points = np.array([[10, 20, 20], [29, 20, 20], [20, 10, 20], [20, 29, 20], [20, 20, 10], [20, 20, 29]])
+    logits = torch.stack([torch.zeros_like(score), score])
+    fitted = fit_to_box(logits, points)
+    mask = (fitted[1] - fitted[0]) > 0
+    assert mask[10:30, 10:30, 10:30].all()  # the threshold was lowered until the mask reached every point
+    assert not mask[31:].any()  # nothing beyond the box
+    assert reaches_every_face(mask[9:31, 9:31, 9:31])

@@ -14,6 +14,7 @@ from image_fixtures import write_dicom_series
 
 from aiaa_core.evaluation import dice
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
+from lib.infers.segmentation_spleen import plausible_spleen
 
 MODEL = "segmentation_spleen"
 MIN_DICE = 0.85
@@ -96,3 +97,19 @@ def test_real_ct_dicom_round_trip(live_server, shared_data, tmp_path):
     labels = sitk.ReadImage(str(shared_data / "totalseg" / "example_seg_dicom.nii.gz"))
     truth = to_ijk(sitk.Resample(labels, series, sitk.Transform(), sitk.sitkNearestNeighbor)) == 1  # spleen
     assert dice(to_ijk(mask), truth) >= REAL_CONTRAST_CT_MIN_DICE
+
+
+def test_the_plausible_spleen_component_wins_over_a_larger_false_positive():
+    """The component kept is spleen-sized and on the patient's left (RAS world x below the body's centre),
+    not merely the largest: a larger false positive on the right loses, a tiny one on the left too."""
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])  # RAS, 3 mm: low i is the patient's left
+    body = np.ones((100, 80, 60), dtype=bool)
+    score = -np.ones(body.shape, dtype=np.float32)
+    score[10:25, 30:45, 20:35] = 2.0  # left: 15³ voxels, 91 mL
+    score[60:80, 30:50, 20:40] = 2.0  # right and larger: 20³ voxels, 216 mL
+    score[5:7, 5:7, 5:7] = 9.0  # left but 0.2 mL
+    kept = plausible_spleen(score, body, affine)
+    assert kept[15, 35, 25] and not kept[70, 40, 30] and not kept[5, 5, 5]
+    score[10:25, 30:45, 20:35] = -1.0  # no plausible spleen left: the most confident component is kept
+    kept = plausible_spleen(score, body, affine)
+    assert kept[70, 40, 30] and not kept[5, 5, 5]
