@@ -9,7 +9,6 @@ killing the replica that holds a session sends its next click to the other one (
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -25,6 +24,8 @@ from conftest import generated_admin, start_server, stop_server
 from aiaa_core.evaluation import centre_click
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
+pytestmark = pytest.mark.slow
+
 MODEL = "deepgrow_3d"
 MAX_SESSIONS_FOR_BOTH_NODES = 8
 
@@ -32,8 +33,14 @@ MAX_SESSIONS_FOR_BOTH_NODES = 8
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Redis, a head and a worker node, two API processes on them, an embedded server; all loopback."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # else Ray swaps 127.0.0.1 for the host's address
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
+
+    # Else Ray swaps 127.0.0.1 for the machine's own address: in the processes it starts (the environment,
+    # read when they import ray) and in this one (the constant, read at each lookup; ray may be imported).
+    environment = pytest.MonkeyPatch()
+    environment.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    environment.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
 
     started = time.monotonic()
     redis_server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -57,6 +64,7 @@ def cluster(tmp_path_factory):
         if ray_cluster is not None:
             ray_cluster.shutdown()
         redis_server.stop()
+        environment.undo()
         print(f"cluster module wall time: {time.monotonic() - started:.1f} s")
 
 

@@ -18,6 +18,8 @@ from conftest import start_server, stop_server
 from aiaa_core.evaluation import centre_click, dice
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
 
+pytestmark = pytest.mark.slow
+
 LOAD_CLICKS = 24
 LOAD_THREADS = 4
 LOAD_DEADLINE_S = 240

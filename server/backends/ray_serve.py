@@ -14,6 +14,7 @@ segmentation never occupies the replica a click waits for; the API's lanes still
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -80,11 +81,14 @@ class RayServeBackend:
         with self._lock:
             if self._connected:
                 return
+            host = urlsplit(f"//{self.settings.ray_address}").hostname or ""
+            options = {}
+            if host in LOOPBACK:  # a cluster on this machine's loopback: else Ray swaps 127.0.0.1 for the
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # host's address (read at import)
+                options["_node_ip_address"] = "127.0.0.1"
             import ray
             from ray import serve
 
-            host = urlsplit(f"//{self.settings.ray_address}").hostname or ""
-            options = {"_node_ip_address": "127.0.0.1"} if host in LOOPBACK else {}
             ray.init(
                 address=self.settings.ray_address,
                 namespace=NAMESPACE,
