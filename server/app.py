@@ -101,6 +101,7 @@ def start_background(app: Flask) -> list[threading.Thread]:
         return []
     settings = app.config["SETTINGS"]
     started = [app.extensions["aiaa.sessions"].start_reaper(settings.session_reap_interval_s)]
+    app.extensions["aiaa.backend"].start()  # Ray Serve: join the cluster (each model deploys on first use)
     app.extensions["aiaa.background"] = started
     return started
 
