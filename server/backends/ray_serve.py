@@ -110,7 +110,9 @@ class RayServeBackend:
             if name in self._handles:
                 return self._handles[name]
             status = serve.status().applications.get(name)
-            if status is None or str(status.status) not in ("RUNNING", "ApplicationStatus.RUNNING"):
+            state = str(getattr(status.status, "value", status.status)) if status is not None else ""
+            # Absent, failed or being deleted: (re)deploy. Running or being deployed by another API replica: use it.
+            if state not in ("RUNNING", "DEPLOYING", "UNHEALTHY"):
                 serve.run(self.application(model), name=name, route_prefix=None)
                 logger.info("deployed '%s' on Ray Serve", model.name)
             handle = serve.get_app_handle(name)
