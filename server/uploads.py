@@ -9,6 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from flask import current_app, request
 
+from .blueprints import session_store
 from .budget import MemoryLedger, Plan, request_limit
 from .errors import BadRequest
 from .image_names import upload_basename
@@ -43,7 +44,7 @@ def request_image(ledger: MemoryLedger | None = None) -> sitk.Image:
     """The image a request works on: its session's decoded image when `session_id` is given, else the upload
     (its decoded size charged to `ledger`, by default a fresh one for this request)."""
     if session_id := query_text("session_id"):
-        return current_app.extensions["aiaa.sessions"].get(session_id).image
+        return session_store().get(session_id).image
     return read_uploaded_image(current_app.config["SETTINGS"].max_image_voxels, ledger or request_ledger())
 
 

@@ -1,10 +1,23 @@
-"""One blueprint per area of the API; `scheduler()` is how any of them reaches the app's scheduler."""
+"""One blueprint per area of the API, and the one way any of them (and `server/monailabel_api`) reaches
+the objects `create_app` made for this app: its registry, session store and scheduler."""
 
 from __future__ import annotations
 
 from flask import current_app
 
+from ..registry import ModelRegistry
 from ..scheduler import Scheduler
+from ..sessions import SessionStore
+
+
+def registry() -> ModelRegistry:
+    """The current app's model registry."""
+    return current_app.extensions["aiaa.registry"]
+
+
+def session_store() -> SessionStore:
+    """The current app's session store (in memory, or Redis in a cluster)."""
+    return current_app.extensions["aiaa.sessions"]
 
 
 def scheduler() -> Scheduler:

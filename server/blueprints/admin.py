@@ -9,9 +9,9 @@ from ..auth import admin_required
 from ..errors import BadRequest
 from ..image_names import upload_basename
 from ..openapi import BINARY, MODEL_REF, document, form_body, json_reply
-from ..registry import ModelRegistry, check_name
+from ..registry import check_name
 from ..uploads import safe_name
-from . import scheduler
+from . import registry, scheduler
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -29,10 +29,6 @@ CONFIG_BODY = {
     "content": {"application/json": {"schema": {"type": "object"}}},
 }
 MODEL_REPLY = json_reply("The model object, as GET /v1/models shows it.", MODEL_REF)
-
-
-def registry() -> ModelRegistry:
-    return current_app.extensions["aiaa.registry"]
 
 
 def config_part() -> bytes | None:

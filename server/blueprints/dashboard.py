@@ -18,6 +18,7 @@ from ..auth import admin_required
 from ..errors import BadRequest
 from ..metrics import app_metrics, refused_models
 from ..openapi import Param, document
+from . import registry, session_store
 from .ops import cluster_state
 
 bp = Blueprint("dashboard", __name__)
@@ -54,9 +55,8 @@ def dashboard_data() -> dict:
     metrics = app_metrics()
     summary = metrics.summary()
     inference_ms = metrics.inference_means_ms()
-    registry = current_app.extensions["aiaa.registry"]
     models = []
-    for model in registry.list():
+    for model in registry().list():
         info = model.info()
         models.append(
             {
@@ -79,7 +79,7 @@ def dashboard_data() -> dict:
             "uptime_s": round(now - metrics.started),
         },
         "models": models,
-        "refused": refused_models(registry),  # installed, but refused at start-up by today's checks
+        "refused": refused_models(registry()),  # installed, but refused at start-up by today's checks
         "training": current_app.extensions["aiaa.training"].summary(),  # server/monailabel_api/training.py
         "requests": {key: summary[key] for key in ("total", "errors", "by_endpoint", "by_model", "by_status")},
         "latency_ms": summary["latency_ms"],
@@ -93,11 +93,11 @@ def dashboard_data() -> dict:
 
 def session_stats(now: float) -> dict:
     """Live sessions without their file names (those can carry patient names)."""
-    store = current_app.extensions["aiaa.sessions"]
-    sessions = sorted(store.snapshot(), key=lambda s: s.created)
+    store = session_store()
+    live = sorted(store.snapshot(), key=lambda s: s.created)
     return {
-        "count": len(sessions),
-        "bytes": sum(s.nbytes for s in sessions),
+        "count": len(live),
+        "bytes": sum(s.nbytes for s in live),
         "max_bytes": store.max_bytes,
         "items": [
             {
@@ -108,7 +108,7 @@ def session_stats(now: float) -> dict:
                 "idle_s": round(now - s.last_access),
                 "expiry_s": s.expiry_s,
             }
-            for s in sessions
+            for s in live
         ],
     }
 

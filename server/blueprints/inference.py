@@ -14,16 +14,12 @@ from ..image_reading import require_3d
 from ..mask_writing import writer_options
 from ..metrics import record_inference
 from ..openapi import INFERENCE_DOC, MODEL_REF, Param, document, json_reply
-from ..registry import ModelRegistry, ServedModel
+from ..registry import ServedModel
 from ..replies import mask_reply, output_mode
 from ..uploads import request_image, request_ledger, request_params
-from . import scheduler
+from . import registry, scheduler, session_store
 
 bp = Blueprint("inference", __name__)
-
-
-def registry() -> ModelRegistry:
-    return current_app.extensions["aiaa.registry"]
 
 
 def backend():
@@ -95,7 +91,7 @@ def infer(op: str, model_type: str | None = None):
     writer = writer_options(params)
     output = output_mode(checked.query_text("output"))
     session_id = checked.query_text("session_id")
-    session = current_app.extensions["aiaa.sessions"].get(session_id) if session_id else None
+    session = session_store().get(session_id) if session_id else None
     device = current_app.config["SETTINGS"].device
     with scheduler().run(model.type) as slot:
         ledger = request_ledger(plan=model_plan(model), batch=slot.batch)

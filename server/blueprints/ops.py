@@ -16,6 +16,7 @@ from ..logs import LOG_FILE
 from ..metrics import app_metrics, refused_models
 from ..openapi import Param, build_spec, document, json_reply, text_reply
 from ..params import query_flag, query_int
+from . import registry, session_store
 
 bp = Blueprint("ops", __name__)
 DEFAULT_LOG_LINES = 100
@@ -52,22 +53,21 @@ def ready():
     server out of rotation for it would stop the models that do serve. Names only here (anyone may ask);
     the reasons are on the admin dashboard.
     """
-    registry = current_app.extensions["aiaa.registry"]
-    models = [model.info() for model in registry.list()]
+    models = [model.info() for model in registry().list()]
     waiting = [m for m in models if m.get("status", "ready") != "ready"]
     if waiting:
         states = ", ".join(
             f"{m['name']} ({m.get('status')}{': ' + str(m['error']) if m.get('error') else ''})" for m in waiting
         )
         raise ServiceUnavailable(f"Not ready: {len(waiting)} of {len(models)} models are not loaded: {states}.")
-    refused = [item["name"] for item in refused_models(registry)]
+    refused = [item["name"] for item in refused_models(registry())]
     reply = {"status": "ready", "models": [m["name"] for m in models], "refused": refused}
     return jsonify({**reply, **cluster_state()})
 
 
 def cluster_state() -> dict:
     """Where sessions live and where models run (the cluster mode: Redis, Ray Serve replicas)."""
-    state = {"store": current_app.extensions["aiaa.sessions"].describe()}
+    state = {"store": session_store().describe()}
     backend = current_app.extensions.get("aiaa.backend")
     if backend is not None:
         state["backend"] = backend.describe()

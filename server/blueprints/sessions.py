@@ -17,13 +17,9 @@ from ..openapi import SESSION_FORM, SESSION_INFO_REF, Param, document, json_repl
 from ..scheduler import Work
 from ..sessions import SessionStore
 from ..uploads import request_ledger, save_uploaded_parts, upload_basename, upload_parts
-from . import scheduler
+from . import scheduler, session_store
 
 bp = Blueprint("sessions", __name__)
-
-
-def store() -> SessionStore:
-    return current_app.extensions["aiaa.sessions"]
 
 
 class SessionLedger:
@@ -63,15 +59,15 @@ def create_session():
     """Decode the uploaded volume (file, `image0..N` series or zip) once and keep it for later requests."""
     expiry = requested_expiry()
     checked.query_flag("uncompress")  # a zip is recognised by its name; the flag is checked, not needed
-    incoming = store().root / "incoming"
+    incoming = session_store().root / "incoming"
     incoming.mkdir(exist_ok=True)
     folder = Path(tempfile.mkdtemp(dir=incoming))
     try:
         paths = save_uploaded_parts(folder)
         with scheduler().run(Work.DECODE):
-            ledger = SessionLedger(request_ledger(), store())
+            ledger = SessionLedger(request_ledger(), session_store())
             image = read_image(paths, max_voxels=current_app.config["SETTINGS"].max_image_voxels, ledger=ledger)
-        session = store().create(image, folder, upload_basename(upload_parts()[0].filename or ""), expiry)
+        session = session_store().create(image, folder, upload_basename(upload_parts()[0].filename or ""), expiry)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -88,7 +84,7 @@ def get_session(session_id: str):
     """The session's information while it lives; 404 once unknown or expired."""
     touch = checked.query_flag("update_ts")
     try:
-        session = store().get(session_id, touch=touch)
+        session = session_store().get(session_id, touch=touch)
     except SessionExpired as exc:
         raise NotFound(exc.message) from None
     return jsonify(session.info())
@@ -98,5 +94,5 @@ def get_session(session_id: str):
 @document(reply=json_reply("Deleted, or already gone.", {"properties": {"deleted": {"type": "boolean"}}}))
 def delete_session(session_id: str):
     """Delete the session and its files."""
-    deleted = store().delete(session_id)
+    deleted = session_store().delete(session_id)
     return jsonify({"session_id": session_id, "deleted": deleted})

@@ -45,18 +45,6 @@ def register(app: Flask) -> None:
         app.register_blueprint(blueprint)
 
 
-def registry():
-    return current_app.extensions["aiaa.registry"]
-
-
-def scheduler():
-    return current_app.extensions["aiaa.scheduler"]
-
-
-def sessions():
-    return current_app.extensions["aiaa.sessions"]
-
-
 def annotation_store():
     return current_app.extensions["aiaa.datastore"]
 

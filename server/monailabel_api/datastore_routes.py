@@ -16,13 +16,14 @@ import SimpleITK as sitk
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from .. import params as checked
+from ..blueprints import scheduler
 from ..errors import BadRequest, NotFound, PayloadTooLarge
 from ..image_reading import read_image
 from ..openapi import BINARY, PARAMS_FIELD, Param, document, form_body, json_reply
 from ..params import MAX_PARAMS_BYTES
 from ..scheduler import Work
 from ..uploads import request_ledger, request_params, safe_name
-from . import PREFIX, annotation_store, scheduler
+from . import PREFIX, annotation_store
 from .auth_routes import admin_or_token
 from .datastore import check_image_id, check_tag, content_id
 

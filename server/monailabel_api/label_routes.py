@@ -13,10 +13,11 @@ from flask import Blueprint, current_app, jsonify
 
 from .. import params as checked
 from ..auth import admin_required
+from ..blueprints import scheduler, session_store
 from ..openapi import BINARY, PARAMS_FIELD, Param, document, form_body, json_reply
 from ..scheduler import Work
 from ..uploads import read_uploaded_image, request_ledger, request_params
-from . import annotation_store, scheduler, sessions
+from . import annotation_store
 from .datastore import check_image_id, check_tag, content_id
 from .datastore_routes import decode_part, stored_info
 
@@ -52,7 +53,7 @@ def save_label():
     info = stored_info(request_params())
     session_id = checked.query_text("session_id")
     if session_id:
-        image = sessions().get(session_id).image
+        image = session_store().get(session_id).image
     else:
         with scheduler().run(Work.DECODE):
             image = read_uploaded_image(current_app.config["SETTINGS"].max_image_voxels, request_ledger())

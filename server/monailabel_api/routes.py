@@ -18,6 +18,7 @@ from flask import Blueprint, current_app, jsonify, request
 from aiaa_core.vocabularies import ModelType
 
 from .. import params as checked
+from ..blueprints import registry, scheduler, session_store
 from ..blueprints import sessions as aiaa_sessions
 from ..blueprints.inference import model_plan
 from ..errors import BadRequest, NotFound, SessionExpired
@@ -28,7 +29,7 @@ from ..metrics import record_inference
 from ..openapi import BINARY, PARAMS_FIELD, RESULT_REPLY, SESSION_INFO_REF, Param, document, form_body, json_reply
 from ..replies import mask_reply, output_mode
 from ..uploads import request_ledger, request_params, safe_name
-from . import PREFIX, annotation_store, registry, scheduler, sessions
+from . import PREFIX, annotation_store
 from .info import app_info
 
 bp = Blueprint("monailabel", __name__, url_prefix=PREFIX)
@@ -101,7 +102,7 @@ def infer(model: str):
         raise BadRequest("This server's models take no label input (scribbles); send the image and clicks only.")
     session_id = checked.query_text("session_id")
     image_id = checked.query_text("image")
-    session = sessions().get(session_id) if session_id else None
+    session = session_store().get(session_id) if session_id else None
     upload = request.files.get("file")
     if session is None and upload is None and not image_id:
         raise BadRequest("No image: give ?image=<datastore id>, ?session_id=<session>, or the image as 'file'.")
@@ -164,8 +165,8 @@ def get_session(session_id: str):
 def delete_session(session_id: str):
     """Remove the session (404 when unknown, as MONAI Label answers)."""
     try:
-        described = sessions().get(session_id, touch=False).info()
+        described = session_store().get(session_id, touch=False).info()
     except SessionExpired as exc:
         raise NotFound(exc.message) from None
-    sessions().delete(session_id)
+    session_store().delete(session_id)
     return jsonify(described)

@@ -6,9 +6,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from .. import params as checked
+from ..blueprints import registry
 from ..errors import BadRequest, NotFound
 from ..openapi import Param, document, json_reply
-from . import PREFIX, annotation_store, registry, training
+from . import PREFIX, annotation_store, training
 from .auth_routes import admin_or_token
 from .datastore_routes import json_body
 
