@@ -9,7 +9,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from flask import current_app, request
 
-from .blueprints import session_store
+from .app_context import session_store
 from .budget import MemoryLedger, Plan, request_limit
 from .errors import BadRequest
 from .image_names import upload_basename

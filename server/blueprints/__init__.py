@@ -1,25 +1,8 @@
-"""One blueprint per area of the API, and the one way any of them (and `server/monailabel_api`) reaches
-the objects `create_app` made for this app: its registry, session store and scheduler."""
+"""One blueprint per area of the API. They reach the app's registry, session store and scheduler through
+`server.app_context`, re-exported here for `from . import scheduler`."""
 
 from __future__ import annotations
 
-from flask import current_app
+from ..app_context import registry, scheduler, session_store
 
-from ..registry import ModelRegistry
-from ..scheduler import Scheduler
-from ..sessions import SessionStore
-
-
-def registry() -> ModelRegistry:
-    """The current app's model registry."""
-    return current_app.extensions["aiaa.registry"]
-
-
-def session_store() -> SessionStore:
-    """The current app's session store (in memory, or Redis in a cluster)."""
-    return current_app.extensions["aiaa.sessions"]
-
-
-def scheduler() -> Scheduler:
-    """The current app's scheduler (`create_app` makes one per app)."""
-    return current_app.extensions["aiaa.scheduler"]
+__all__ = ["registry", "scheduler", "session_store"]
