@@ -113,3 +113,15 @@ def test_the_plausible_spleen_component_wins_over_a_larger_false_positive():
     score[10:25, 30:45, 20:35] = -1.0  # no plausible spleen left: the most confident component is kept
     kept = plausible_spleen(score, body, affine)
     assert kept[70, 40, 30] and not kept[5, 5, 5]
+
+
+def test_a_component_in_an_arm_beside_the_trunk_is_not_the_spleen():
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    body = np.zeros((120, 80, 60), dtype=bool)
+    body[20:110, 10:70, :] = True  # the trunk
+    body[2:16, 30:50, :] = True  # the left arm, separated from it by air
+    score = -np.ones(body.shape, dtype=np.float32)
+    score[3:15, 32:48, 10:40] = 5.0  # a confident false positive in the arm (about 160 mL)
+    score[30:45, 30:45, 20:35] = 1.0  # the spleen, on the trunk's left
+    kept = plausible_spleen(score, body, affine)
+    assert kept[37, 37, 27] and not kept[9, 40, 25]

@@ -85,8 +85,9 @@ class KeepPlausibleSpleend(MapTransform):
     the others become background (`LogitsToInputGridd` then keeps it as the largest).
 
     The largest component alone is not enough: a false positive (a bowel loop, the stomach wall, a kidney)
-    can outgrow a weakly predicted spleen. Plausible components have a spleen's volume (`SPLEEN_ML`) and lie
-    on the patient's left of the body's centre (RAS world x below it); the one with the most confidence
+    can outgrow a weakly predicted spleen. Plausible components have a spleen's volume (`SPLEEN_ML`), their
+    centre inside the trunk (not in an arm beside it) and on the patient's left of the trunk's centre (RAS
+    world x below it); the one with the most confidence
     (summed positive score) wins. Without a plausible one, the most confident component is kept.
     """
 
@@ -110,6 +111,16 @@ class KeepPlausibleSpleend(MapTransform):
         return d
 
 
+def trunk_of(body: np.ndarray) -> np.ndarray:
+    """The largest body part (not an arm beside it, not the table), its axial slices' holes (lungs, bowel
+    gas) filled: where an organ's centre can lie."""
+    parts, count = ndimage.label(body)
+    if count == 0:
+        return body
+    trunk = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+    return ndimage.binary_fill_holes(trunk, structure=np.ones((3, 3, 1), dtype=bool))
+
+
 def plausible_spleen(score: np.ndarray, body: np.ndarray, affine: np.ndarray) -> np.ndarray | None:
     """The component of `score > 0` to keep (bool mask), or None when there is at most one component."""
     components, count = ndimage.label(score > 0, structure=np.ones((3, 3, 3), dtype=bool))
@@ -121,8 +132,11 @@ def plausible_spleen(score: np.ndarray, body: np.ndarray, affine: np.ndarray) ->
     confidence = ndimage.sum_labels(np.clip(score, 0, None), components, index)
     centres = np.asarray(ndimage.center_of_mass(np.ones_like(score), components, index)).reshape(-1, 3)
     world_x = centres @ affine[0, :3] + affine[0, 3]
-    body_voxels = np.argwhere(body)
-    body_x = float((body_voxels.mean(0) @ affine[0, :3]) + affine[0, 3]) if body_voxels.size else np.inf
-    plausible = (volume >= SPLEEN_ML[0]) & (volume <= SPLEEN_ML[1]) & (world_x < body_x)
+    trunk = trunk_of(body)
+    trunk_voxels = np.argwhere(trunk)
+    body_x = float((trunk_voxels.mean(0) @ affine[0, :3]) + affine[0, 3]) if trunk_voxels.size else np.inf
+    centre_voxels = np.clip(np.round(centres).astype(int), 0, np.asarray(score.shape) - 1)
+    in_trunk = trunk[tuple(centre_voxels.T)]
+    plausible = (volume >= SPLEEN_ML[0]) & (volume <= SPLEEN_ML[1]) & (world_x < body_x) & in_trunk
     ranked = np.where(plausible, confidence, confidence - confidence.max() - 1.0)
     return components == index[int(np.argmax(ranked))]
