@@ -19,7 +19,7 @@ pytestmark = pytest.mark.realdata
 
 SERIES = "totalseg/example_ct_dicom"
 LABELS = "totalseg/example_seg_dicom.nii.gz"
-ORGANS = {"spleen": 1}
+ORGANS = {"spleen": 1, "liver": 5}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,16 @@ def test_one_click_on_the_spleen(live_server, scan, tmp_path):
     click = {"foreground": [centre_click(truth, image.GetSpacing())], "background": []}
     params, mask = mask_of(post(live_server.url, "deepgrow", "deepgrow_3d", upload, click), image, tmp_path)
     assert params["crop"][2] == [0, 20]  # the crop's part inside the 20 slices
-    assert dice(mask, truth) >= 0.53
+    assert dice(mask, truth) >= 0.76  # 0.813 measured (0.588 before deepgrow's grown region)
+
+
+def test_one_click_on_the_liver(live_server, scan, tmp_path):
+    """A liver is several times the network's first crop: the grown region covers it from one click."""
+    image, labels, upload = scan
+    truth = labels == ORGANS["liver"]
+    click = {"foreground": [centre_click(truth, image.GetSpacing())], "background": []}
+    _, mask = mask_of(post(live_server.url, "deepgrow", "deepgrow_3d", upload, click), image, tmp_path)
+    assert dice(mask, truth) >= 0.76  # 0.817 measured (0.294 before deepgrow's grown region)
 
 
 def test_extreme_points_on_the_spleen(live_server, scan, tmp_path):
@@ -52,4 +61,4 @@ def test_extreme_points_on_the_spleen(live_server, scan, tmp_path):
     truth = labels == ORGANS["spleen"]
     points = {"points": extreme_points(truth, central=True)}
     _, mask = mask_of(post(live_server.url, "dextr3d", "extreme_points", upload, points), image, tmp_path)
-    assert dice(mask, truth) >= 0.72
+    assert dice(mask, truth) >= 0.73  # 0.787 measured (0.724 before the box fit)
