@@ -153,7 +153,8 @@ class ConfiguredTask(BasicInferTask):
     def _get_network(self, device, data):
         """The chosen engine when one was chosen for `device` (install, warm-up), else the upload's network,
         paced by the request's scheduler when it brings one."""
-        return paced(self._chosen.get(str(device)) or self._uploaded_on(str(device)), data)
+        chosen = self._chosen.get(str(device))
+        return paced(chosen if chosen is not None else self._uploaded_on(str(device)), data)
 
     # --- pre-processing -----------------------------------------------------------------------------------
 
