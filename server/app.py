@@ -25,6 +25,7 @@ from .errors import ApiError, PayloadTooLarge
 from .inference import warm_up
 from .logs import loggable, session_tag
 from .metrics import Metrics
+from .model_sync import start_model_sync
 from .monailabel_api import register as register_monailabel
 from .origins import register_origin_policy
 from .params import MAX_PARAMS_BYTES
@@ -102,6 +103,11 @@ def start_background(app: Flask) -> list[threading.Thread]:
     settings = app.config["SETTINGS"]
     started = [app.extensions["aiaa.sessions"].start_reaper(settings.session_reap_interval_s)]
     app.extensions["aiaa.backend"].start()  # Ray Serve: join the cluster (each model deploys on first use)
+    in_process = app.extensions["aiaa.backend"].kind == BackendKind.IN_PROCESS  # Ray replicas warm up their own
+    sync = start_model_sync(app.extensions["aiaa.registry"], settings, warm_up=settings.warm_up and in_process)
+    if sync is not None:  # replicas sharing the model repository follow each other's installs
+        app.extensions["aiaa.model_sync"] = sync
+        started.append(sync.thread)
     app.extensions["aiaa.background"] = started
     return started
 

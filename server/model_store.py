@@ -69,6 +69,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def version_id(folder: Path) -> int:
+    """The id in a version folder's name (`<name>@<id>`): newer versions have larger ids."""
+    match = VERSION_FOLDER.fullmatch(folder.name)
+    if match is None:
+        raise ValueError(f"{folder} is not a version folder")
+    return int(match["id"])
+
+
 def copy_version(src: Path, dst: Path) -> None:
     """Copy a version folder without its marker (hard links where possible: versions are never modified)."""
 
@@ -99,23 +107,9 @@ class ModelStore:
         """Clean up after a crash; return each live name's newest complete version folder."""
         for leftover in (STAGING, TRASH):
             shutil.rmtree(self.root / leftover, ignore_errors=True)
-        versions: dict[str, list[tuple[int, Path]]] = {}
-        for entry in self.root.iterdir():
-            if entry.name.startswith(".") or not entry.is_dir():
-                continue
-            match = VERSION_FOLDER.fullmatch(entry.name)
-            if match is None:
-                logger.warning("ignoring %s: not a model installed by this server (use PUT /admin/model/<name>)", entry)
-            elif not (entry / MARKER).is_file():
-                logger.warning("removing %s: an install that did not finish", entry)
-                self.discard(entry)
-            else:
-                versions.setdefault(match["name"], []).append((int(match["id"]), entry))
-                with self._lock:
-                    self._last_id = max(self._last_id, int(match["id"]))
+        versions = self._versions(unfinished=self._discard_unfinished)
         live = {}
         for name, found in versions.items():
-            found.sort()
             for _, superseded in found[:-1]:
                 self.discard(superseded)
             newest = found[-1][1]
@@ -124,6 +118,38 @@ class ModelStore:
             else:
                 live[name] = newest
         return live
+
+    def committed(self) -> dict[str, Path]:
+        """Read-only: each live name's newest committed version folder (what `recover` would keep), for a
+        replica that follows installs made by others on a shared folder. An install still running (no
+        marker yet) and a deleted name (its newest version has the tombstone) are not listed."""
+        versions = self._versions(unfinished=None)
+        return {name: found[-1][1] for name, found in versions.items() if not (found[-1][1] / TOMBSTONE).exists()}
+
+    def _versions(self, unfinished) -> dict[str, list[tuple[int, Path]]]:
+        """Every committed version folder per name, oldest first; `unfinished(folder)` for each unmarked one."""
+        versions: dict[str, list[tuple[int, Path]]] = {}
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            match = VERSION_FOLDER.fullmatch(entry.name)
+            if match is not None and (entry / MARKER).is_file():
+                versions.setdefault(match["name"], []).append((int(match["id"]), entry))
+                with self._lock:
+                    self._last_id = max(self._last_id, int(match["id"]))
+            elif unfinished is None:
+                continue  # read-only (a sync): start-up reported it, and another replica may be installing it
+            elif match is None:
+                logger.warning("ignoring %s: not a model installed by this server (use PUT /admin/model/<name>)", entry)
+            else:
+                unfinished(entry)
+        for found in versions.values():
+            found.sort()
+        return versions
+
+    def _discard_unfinished(self, folder: Path) -> None:
+        logger.warning("removing %s: an install that did not finish", folder)
+        self.discard(folder)
 
     # ----------------------------------------------------------------------------------------- versions
 
@@ -139,8 +165,15 @@ class ModelStore:
 
     def new_version(self, name: str, prepared: Path) -> Path:
         """Move `prepared` (a folder in `staging()`) to a new version folder of `name`, not yet committed."""
-        folder = self.root / f"{check_name(name)}@{self._new_id()}"
-        os.rename(prepared, folder)
+        check_name(name)
+        while True:  # reserve the id with an exclusive mkdir: replicas sharing the folder never pick the same
+            folder = self.root / f"{name}@{self._new_id()}"
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+        os.rename(prepared, folder)  # onto the reserved, empty folder: atomic
         return folder
 
     @staticmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiaa_core.engines import EngineSettings, Pacing
@@ -23,7 +24,7 @@ from aiaa_core.vocabularies import ModelFormat
 from .errors import ApiError, NotFound
 from .model_formats import LoadContext, handler
 from .model_formats.app import AppFormat, app_model, app_model_names, load_app_models
-from .model_store import MARKER, TOMBSTONE, ModelStore, check_name, copy_version
+from .model_store import MARKER, TOMBSTONE, ModelStore, check_name, copy_version, version_id
 from .served_model import ServedModel
 from .smoke_test import smoke_image, smoke_inputs, smoke_test
 
@@ -65,6 +66,11 @@ class ModelRegistry:
         self._failed_folders: dict[str, Path] = {}  # name → that version's folder (deletable)
         self._write_lock = threading.Lock()
         self._name_locks: dict[str, threading.RLock] = {}
+        self._seen: dict[str, int] = {}  # name → newest version id this registry has served or refused
+        self._refresh_lock = threading.Lock()
+        # Called with (name, "installed" | "deleted") after this registry changed the store (server/model_sync.py
+        # tells the other replicas); never raises into the request.
+        self.listeners: list[Callable[[str, str], None]] = []
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -120,6 +126,7 @@ class ModelRegistry:
                 logger.exception("not serving '%s': its folder %s does not load", name, folder)
             registry._failed_folders[name] = folder
         registry._models = models
+        registry._seen = {name: version_id(folder) for name, folder in folders.items()}
         logger.info("serving %d model(s) from %s: %s", len(models), registry.root, ", ".join(models))
         return registry
 
@@ -169,6 +176,7 @@ class ModelRegistry:
                 raise
             self._publish(name, model)
         logger.info("installed model '%s' (%s, %s) from %s", name, fmt, model.info()["engine"], folder.name)
+        self._notify(name, "installed")
         return model
 
     def reconfigure(self, name: str, config: dict, pacing: Pacing | None = None) -> ServedModel:
@@ -195,6 +203,69 @@ class ModelRegistry:
                 self.store.mark_deleted(folder)
             self._publish(name, None)
         logger.info("deleted model '%s'", name)
+        self._notify(name, "deleted")
+
+    # ---------------------------------------------------------------------------------------- following
+
+    def refresh(self, warm_up: bool = True) -> dict[str, list[str]]:
+        """Follow the installs, replacements and deletions other replicas sharing the folder made; return them.
+
+        Read-only on the store: only committed versions load (a version without its marker is never served),
+        through the start-up path (`_load`, then the engine choice when `warm_up`). The smoke test is not run
+        again: the marker is written only after it passed on the replica that installed the version, with the
+        same code. Requests already running keep the model object they hold. Replaced or deleted folders are
+        left to the replica that changed them (its `retire`) or the next start's `recover`: other replicas may
+        still be using them. A version no newer than one this registry had is never taken up (a deleted name
+        whose older, superseded folder is still there stays deleted); one that fails to load is not retried.
+        """
+        changes: dict[str, list[str]] = {"loaded": [], "dropped": [], "refused": []}
+        with self._refresh_lock:
+            committed = self.store.committed()
+            for name in sorted(set(committed) | set(self._models) | set(self._failed_folders)):
+                with self._name_lock(name):
+                    change = self._follow(name, committed.get(name), warm_up)
+                if change is not None:
+                    changes[change].append(name)
+        if any(changes.values()):
+            logger.info("model repository changed by another replica: %s", changes)
+        return changes
+
+    def _follow(self, name: str, newest: Path | None, warm_up: bool) -> str | None:
+        """Serve `newest` (the store's committed version of `name`, None: deleted) if it is new here."""
+        served = self._models.get(name)
+        if served is not None and served.folder is None:
+            return None  # not from the store (given to the registry by a test)
+        current = served.folder if served is not None else self._failed_folders.get(name)
+        if newest == current:
+            return None
+        if newest is not None and version_id(newest) <= self._seen.get(name, -1):
+            if current is None:
+                return None  # dropped or refused here already
+            newest = None  # the version served here went (deleted), an older one is left over
+        if newest is None:
+            self._publish(name, None, retire=False)
+            return "dropped"
+        self._seen[name] = version_id(newest)
+        try:
+            model = self._load(newest, name)
+            if warm_up and callable(getattr(model.task, "warm_up", None)):
+                model.task.warm_up(self.device)
+        except Exception as error:
+            logger.exception("not serving '%s' %s installed by another replica", name, newest.name)
+            if served is None:
+                with self._write_lock:
+                    self.failed[name] = error.message if isinstance(error, ApiError) else "does not load"
+                    self._failed_folders[name] = newest
+            return "refused"
+        self._publish(name, model, retire=False)
+        return "loaded"
+
+    def _notify(self, name: str, change: str) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(name, change)
+            except Exception:  # the change is committed; the others still find it by polling
+                logger.exception("telling the other replicas that '%s' was %s failed", name, change)
 
     # -------------------------------------------------------------------------------------------- parts
 
@@ -208,7 +279,9 @@ class ModelRegistry:
         model.folder = folder
         return model
 
-    def _publish(self, name: str, model: ServedModel | None) -> None:
+    def _publish(self, name: str, model: ServedModel | None, *, retire: bool = True) -> None:
+        """Serve `model` as `name` (None: stop serving it); `retire`: remove the replaced version's folder once
+        unused (this registry made the change; not when it follows another replica's, see `refresh`)."""
         with self._write_lock:
             self.failed.pop(name, None)
             refused = self._failed_folders.pop(name, None)
@@ -216,7 +289,11 @@ class ModelRegistry:
             old = models.pop(name, None)
             if model is not None:
                 models[name] = model
+                if model.folder is not None:
+                    self._seen[name] = max(self._seen.get(name, -1), version_id(model.folder))
             self._models = models
+        if not retire:
+            return
         if old is not None and old.folder is not None:
             self.store.retire(old, old.folder)  # its folder goes once the last request using it is done
         if refused is not None:

@@ -125,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ray_max_replicas=args.ray_max_replicas,
         ray_replicas_per_node=args.ray_replicas_per_node,
         ray_replica_cpus=args.ray_replica_cpus,
+        model_poll_s=args.model_poll_s,
         session_expiry_s=args.session_expiry,
         session_max_expiry_s=args.session_max_expiry,
         session_max_bytes=int(args.session_max_mb * 2**20),
@@ -219,6 +220,12 @@ def add_serve_arguments(p: argparse.ArgumentParser, defaults: Settings) -> None:
         help="at most this many replicas of one model per Ray node (0: no limit)",
     )
     p.add_argument("--ray-replica-cpus", type=float, default=defaults.ray_replica_cpus, help="Ray CPUs per replica")
+    p.add_argument(
+        "--model-poll-s",
+        type=float,
+        default=defaults.model_poll_s,
+        help="re-read a model repository shared with other replicas every N s (default 5 with --redis, else never)",
+    )
     p.add_argument(
         "--session-expiry",
         type=float,

@@ -34,9 +34,9 @@ class Settings:
     session_max_expiry_s: float = 24 * 3600.0
     session_max_bytes: int = 8 * 1024**3  # decoded images held by all sessions together
     session_reap_interval_s: float = 10.0
-    engine: str = "auto"  # auto, torch, torchscript or onnxruntime (server/engines.py)
+    engine: str = "auto"  # auto, torch, torchscript or onnxruntime (aiaa_core/engines.py)
     model_engines: dict[str, str] = field(default_factory=dict)  # per model name, overriding `engine`
-    inference_threads: int = 0  # threads one inference may use; 0: the cores (shared out, server/engines.py)
+    inference_threads: int = 0  # threads one inference may use; 0: the cores (shared out, aiaa_core/engines.py)
     interactive_workers: int = 2  # clicks/extreme points inferred at once (server/scheduler.py)
     interactive_queue: int = 16  # more may wait; beyond that 503 + Retry-After
     batch_workers: int = 1  # full-volume segmentations at once
@@ -56,6 +56,8 @@ class Settings:
     ray_max_replicas: int = 2
     ray_replicas_per_node: int = 0  # at most this many replicas of one model per node; 0: no limit
     ray_replica_cpus: float = 1.0  # Ray CPUs each replica reserves
+    # Replicas sharing one model repository re-read it every N s (server/model_sync.py), besides Redis pub/sub.
+    model_poll_s: float | None = None  # None: every 5 s with redis_url, never without; 0: never
     admin_credentials: AdminCredentials = field(default_factory=AdminCredentials)  # see server/auth.py
     archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)  # model uploads, see server/archives.py
 
