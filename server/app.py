@@ -25,7 +25,7 @@ from .errors import ApiError, PayloadTooLarge
 from .inference import warm_up
 from .logs import loggable, session_tag
 from .metrics import Metrics
-from .model_sync import start_model_sync
+from .model_sync import poll_interval, start_model_sync
 from .monailabel_api import register as register_monailabel
 from .origins import register_origin_policy
 from .params import MAX_PARAMS_BYTES
@@ -50,8 +50,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     engines = engine_settings(settings)
     app.extensions["aiaa.engines"] = engines
     if registry is None:
+        shared = poll_interval(settings) > 0  # other replicas follow the same folder (server/model_sync.py)
         registry = ModelRegistry.open(
-            settings.model_repo, settings.app_dir, settings.app_models, settings.device, engines
+            settings.model_repo, settings.app_dir, settings.app_models, settings.device, engines, shared=shared
         )
     app.extensions["aiaa.registry"] = registry
     app.extensions["aiaa.admin_credentials"] = effective_credentials(settings.admin_credentials, settings.host)

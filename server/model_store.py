@@ -39,6 +39,9 @@ STAGING, TRASH = ".staging", ".trash"
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 VERSION_FOLDER = re.compile(r"(?P<name>[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63})@(?P<id>\d+)")
 
+# On a folder shared by API replicas, an unfinished install or work folder younger than this may be another
+# replica's, still running: start-up keeps it (it is never served: no marker).
+SHARED_GRACE_S = 3600.0
 RETIRED_SWEEP_S = 2.0  # how often to look for replaced versions kept alive only by reference cycles
 
 
@@ -67,6 +70,14 @@ def sha256(path: Path) -> str:
         while chunk := f.read(1024**2):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def recent(path: Path) -> bool:
+    """Changed within SHARED_GRACE_S (or gone meanwhile: nothing to remove)."""
+    try:
+        return time.time() - path.stat().st_mtime < SHARED_GRACE_S
+    except FileNotFoundError:
+        return True
 
 
 def version_id(folder: Path) -> int:
@@ -103,11 +114,19 @@ class ModelStore:
 
     # ------------------------------------------------------------------------------------------ startup
 
-    def recover(self) -> dict[str, Path]:
-        """Clean up after a crash; return each live name's newest complete version folder."""
+    def recover(self, shared: bool = False) -> dict[str, Path]:
+        """Clean up after a crash; return each live name's newest complete version folder. `shared`: other
+        replicas use the folder too, so only what is older than SHARED_GRACE_S counts as left by a crash."""
         for leftover in (STAGING, TRASH):
-            shutil.rmtree(self.root / leftover, ignore_errors=True)
-        versions = self._versions(unfinished=self._discard_unfinished)
+            if not shared:
+                shutil.rmtree(self.root / leftover, ignore_errors=True)
+            elif (self.root / leftover).is_dir():
+                for entry in (self.root / leftover).iterdir():
+                    if not recent(entry):
+                        shutil.rmtree(entry, ignore_errors=True)
+        versions = self._versions(
+            unfinished=lambda folder: None if shared and recent(folder) else self._discard_unfinished(folder)
+        )
         live = {}
         for name, found in versions.items():
             for _, superseded in found[:-1]:

@@ -105,10 +105,12 @@ class ModelRegistry:
         app_models: str = "all",
         device: str = "cpu",
         engines: EngineSettings | None = None,
+        shared: bool = False,
     ) -> ModelRegistry:
-        """Recover the store after any crash, seed the app's models on first start, load every model."""
+        """Recover the store after any crash, seed the app's models on first start, load every model.
+        `shared`: other API replicas use the same folder (`ModelStore.recover` keeps their running installs)."""
         registry = cls(model_repo, app_dir=app_dir, device=device, engines=engines)
-        folders = registry._recover()
+        folders = registry._recover(shared)
         for name in app_model_names(app_dir, app_models):
             seeded = registry._seed_app_model(name, folders.get(name))
             if seeded is not None:
@@ -130,8 +132,8 @@ class ModelRegistry:
         logger.info("serving %d model(s) from %s: %s", len(models), registry.root, ", ".join(models))
         return registry
 
-    def _recover(self) -> dict[str, Path]:
-        return self.store.recover()
+    def _recover(self, shared: bool = False) -> dict[str, Path]:
+        return self.store.recover(shared)
 
     def _seed_app_model(self, name: str, current: Path | None) -> Path | None:
         """Copy an app model's weights into the store (first start, or when the app's weights changed)."""

@@ -71,6 +71,8 @@ def test_an_upload_on_a_serves_on_b(pair, ct, tmp_path):
     _, on_a = segment(a.url, "sync_liver", ct, tmp_path)
     _, on_b = segment(b.url, "sync_liver", ct, tmp_path)
     assert np.array_equal(on_a, on_b) and on_b.any()
+    sync = requests.get(f"{b.url}/ready", timeout=10).json()["model_sync"]
+    assert sync["via"] == "redis" and sync["poll_s"] == POLL_S and sync["last_sync"] is not None
 
 
 def test_a_replacement_on_a_serves_on_b(pair, ct, tmp_path):

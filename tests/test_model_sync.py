@@ -5,13 +5,14 @@ The live two-process case (Redis pub/sub, real uploads) is tests/test_cluster_mo
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
 
 from server.errors import BadRequest, NotFound
-from server.model_store import MARKER, ModelStore
+from server.model_store import MARKER, SHARED_GRACE_S, ModelStore
 from server.model_sync import ModelSync, poll_interval
 from server.registry import ModelRegistry, ServedModel
 from server.settings import Settings
@@ -135,3 +136,20 @@ def test_polling_follower_converges_without_redis(tmp_path):
         sync.stop()
         sync.thread.join(timeout=BOUND_S)
     assert not sync.thread.is_alive()
+
+
+def test_startup_on_a_shared_folder_keeps_the_other_replicas_running_installs(tmp_path):
+    repo = tmp_path / "repo"
+    running = install_elsewhere(repo, "liver", commit=False)  # another replica is installing it right now
+    crashed = install_elsewhere(repo, "kidney", commit=False)
+    (repo / ".staging" / "other-replica").mkdir(parents=True)
+    (repo / ".staging" / "crashed").mkdir()
+    hours_ago = time.time() - 2 * SHARED_GRACE_S
+    for old in (crashed, repo / ".staging" / "crashed"):
+        os.utime(old, (hours_ago, hours_ago))
+
+    assert ModelStore(repo).recover(shared=True) == {}
+    assert running.is_dir() and (repo / ".staging" / "other-replica").is_dir()
+    assert not crashed.exists() and not (repo / ".staging" / "crashed").exists()
+    assert ModelStore(repo).recover() == {}  # a server of its own: every unfinished install is a crash's
+    assert not running.exists() and not (repo / ".staging").exists()

@@ -71,6 +71,9 @@ def cluster_state() -> dict:
     backend = current_app.extensions.get("aiaa.backend")
     if backend is not None:
         state["backend"] = backend.describe()
+    model_sync = current_app.extensions.get("aiaa.model_sync")  # replicas sharing the model repository
+    if model_sync is not None:
+        state["model_sync"] = model_sync.describe()
     return state
 
 
