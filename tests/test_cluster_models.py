@@ -35,7 +35,7 @@ def pair(tmp_path_factory):
             folder = tmp_path_factory.mktemp(f"api-{name}")
             extra = ("--redis", redis_server.url, "--model-repo", str(shared), "--model-poll-s", str(POLL_S))
             apis.append(start_admin_server(folder, *extra))
-        yield shared, apis
+        yield shared, apis, redis_server
     finally:
         for api in apis:
             stop_server(api)
@@ -62,7 +62,7 @@ def until(condition, what: str, bound_s: float = BOUND_S) -> float:
 
 
 def test_an_upload_on_a_serves_on_b(pair, ct, tmp_path):
-    _, (a, b) = pair
+    _, (a, b), _ = pair
     assert "sync_liver" not in served(b.url)
     reply = put_model(a.url, "sync_liver", upload())
     assert reply.status_code == 200, reply.text
@@ -76,7 +76,7 @@ def test_an_upload_on_a_serves_on_b(pair, ct, tmp_path):
 
 
 def test_a_replacement_on_a_serves_on_b(pair, ct, tmp_path):
-    _, (a, b) = pair
+    _, (a, b), _ = pair
     assert served(b.url)["sync_liver"]["version"] == "4"
     reply = put_model(a.url, "sync_liver", upload(version="4.7", seed=3))
     assert reply.status_code == 200, reply.text
@@ -87,7 +87,7 @@ def test_a_replacement_on_a_serves_on_b(pair, ct, tmp_path):
 
 
 def test_a_deletion_on_a_is_a_404_on_b(pair, ct):
-    _, (a, b) = pair
+    _, (a, b), _ = pair
     assert "sync_liver" in served(b.url)
     assert requests.delete(f"{a.url}/admin/model/sync_liver", auth=AUTH, timeout=60).status_code == 200
 
@@ -106,7 +106,7 @@ def test_a_deletion_on_a_is_a_404_on_b(pair, ct):
 
 
 def test_concurrent_installs_on_a_and_b_both_land(pair):
-    shared, (a, b) = pair
+    shared, (a, b), _ = pair
     replies = {}
 
     def install(api, name: str) -> None:
@@ -125,3 +125,11 @@ def test_concurrent_installs_on_a_and_b_both_land(pair):
         until(lambda api=api: {"sync_on_a", "on_b"} <= set(served(api.url)), f"{api.url} serves both installs")
     committed = sorted(p.name.split("@")[0] for p in shared.iterdir() if (p / MARKER).is_file())
     assert committed.count("sync_on_a") == 1 and committed.count("on_b") == 1
+
+
+def test_after_redis_restarts_an_install_still_reaches_b(pair):
+    _, (a, b), redis_server = pair
+    redis_server.restart()  # every subscription dropped: B subscribes again and re-reads the folder
+    reply = put_model(a.url, "sync_after_restart", upload())
+    assert reply.status_code == 200, reply.text
+    until(lambda: "sync_after_restart" in served(b.url), "B serves an install made after Redis restarted")
