@@ -73,7 +73,7 @@ def split_off(region: np.ndarray, foreground, background) -> np.ndarray:
 
 
 def accept_region(region: np.ndarray | None, network: np.ndarray) -> bool:
-    """Does the grown region agree with the network's mask (both on one grid) well enough to replace it?"""
+    """Does the grown region agree with the network's mask (both on one grid) well enough to be added to it?"""
     if region is None or not network.any():
         return False
     agreement = (region & network).sum() / min(region.sum(), network.sum())
