@@ -43,6 +43,7 @@ class ModelSync:
         self.replica = uuid.uuid4().hex  # its own messages wake nobody up here
         self.last_sync: float | None = None  # time.time() of the last refresh that completed
         self.syncs = 0
+        self.subscribed = True  # False while Redis is unreachable (polling meanwhile)
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self._client = None
@@ -74,7 +75,7 @@ class ModelSync:
     def describe(self) -> dict:
         last = self.last_sync
         return {
-            "via": "redis" if self._client is not None else "polling",
+            "via": "redis" if self._client is not None and self.subscribed else "polling",
             "poll_s": self.poll_s,
             "last_sync": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)) if last is not None else None,
         }
@@ -88,8 +89,10 @@ class ModelSync:
         while not self._stop.is_set():
             try:
                 self._listen()
-            except Exception:  # Redis gone or restarted: poll, then subscribe again
-                logger.warning("model sync: Redis subscription lost; polling until it is back", exc_info=True)
+            except Exception as error:  # Redis gone or restarted: poll, then subscribe again
+                if self.subscribed:  # once per outage, not at every retry
+                    logger.warning("model sync: Redis subscription lost (%s); polling until it is back", error)
+                self.subscribed = False
                 self._safe_sync()
                 self._stop.wait(RECONNECT_S)
 
@@ -97,6 +100,7 @@ class ModelSync:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(CHANNEL)
+            self.subscribed = True
             self._safe_sync()  # after subscribing: a change made before is found on the disk, none after is missed
             next_poll = time.monotonic() + self.poll_s if self.poll_s else None
             while not self._stop.is_set():
