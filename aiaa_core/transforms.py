@@ -134,8 +134,10 @@ class CropAroundPointsd(MapTransform):
         min_size_mm: float = 0.0,
         modes: Sequence[str] = ("trilinear",),
         pad_beyond_image: bool = False,
+        oversampling: int = 2,
     ):
         super().__init__(keys)
+        self.oversampling = int(oversampling)  # a box over this many times roi_size is read every `step` voxels
         self.box_points, self.points_keys = tuple(box_points), tuple(points_keys)
         self.roi_size = tuple(int(s) for s in roi_size)
         self.padding_mm, self.min_size_mm = float(padding_mm), float(min_size_mm)
@@ -153,8 +155,8 @@ class CropAroundPointsd(MapTransform):
             start, end = (np.asarray(v, dtype=int) for v in d[ZOOM_BOX])
         scale = np.asarray(self.roi_size) / (end - start)
         low, high = np.maximum(start, 0), np.minimum(end, shape)
-        # A box over twice the crop's size is read every `step` voxels (a zoomed-out box can hold a whole CT)
-        step = np.maximum(1, (end - start) // (2 * np.asarray(self.roi_size)))
+        # A box over `oversampling` times the crop's size is read every `step` voxels (a zoomed-out box: a whole CT)
+        step = np.maximum(1, (end - start) // (self.oversampling * np.asarray(self.roi_size)))
         region = tuple(slice(lo, hi, st) for lo, hi, st in zip(low, high, step, strict=True))
         for index, (key, mode) in enumerate(zip(self.key_iterator(d), self.modes, strict=False)):
             crop = bare(d[key])[(slice(None), *region)].float()

@@ -66,6 +66,7 @@ class DeepGrow3D(InteractiveTask):
             roi_size=roi.tolist(),
             padding_mm=self.padding_mm,
             pad_beyond_image=True,
+            oversampling=1,  # read at about the region crop's own resolution: it is smoothed anyway
         )({**data[UNCROPPED], ZOOM_BOX: (box_start.tolist(), (box_start + size).tolist())})
         logits = bare(data[self.output_label_key]).float()
         score = logits[1] - logits[0] if logits.shape[0] == 2 else logits[0]
