@@ -114,27 +114,51 @@ def _nbytes(value: Any, counted: set[int]) -> int:
     return storage.nbytes()
 
 
-class SessionStore:
-    """Sessions in this process' memory (the default); `server.session_stores` has the interface and Redis."""
-
-    kind = "memory"
+class StoreBase:
+    """What every session store shares: its limits, the expiry rule and the reaper thread (`reap` is theirs)."""
 
     def __init__(self, root: Path, default_expiry_s: float, max_expiry_s: float, max_bytes: int):
-        self.root = Path(root)
+        self.root = Path(root)  # this process' session files and uploads being decoded
         self.default_expiry_s, self.max_expiry_s, self.max_bytes = default_expiry_s, max_expiry_s, max_bytes
-        self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.root.mkdir(parents=True, exist_ok=True)
-        for leftover in self.root.iterdir():  # sessions do not survive a restart; remove only our own folders
-            if leftover.is_dir() and (leftover.name == "incoming" or is_uuid(leftover.name)):
-                shutil.rmtree(leftover, ignore_errors=True)
 
     def expiry_for(self, requested: float | None) -> float:
         """min(requested, max); 0, absent or not a finite positive number → the default."""
         if requested is None or not math.isfinite(requested) or requested <= 0:
             return min(self.default_expiry_s, self.max_expiry_s)
         return min(float(requested), self.max_expiry_s)
+
+    def reap(self) -> list[str]:
+        raise NotImplementedError
+
+    def start_reaper(self, interval_s: float) -> threading.Thread:
+        """Sweep expired sessions every `interval_s` until `stop` (started by `aiaa serve`, not the factory)."""
+
+        def run() -> None:
+            while not self._stop.wait(interval_s):
+                self.reap()
+
+        thread = threading.Thread(target=run, name="session-reaper", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class SessionStore(StoreBase):
+    """Sessions in this process' memory (the default); `server.session_stores` has the interface and Redis."""
+
+    kind = "memory"
+
+    def __init__(self, root: Path, default_expiry_s: float, max_expiry_s: float, max_bytes: int):
+        super().__init__(root, default_expiry_s, max_expiry_s, max_bytes)
+        self._sessions: dict[str, Session] = {}
+        for leftover in self.root.iterdir():  # sessions do not survive a restart; remove only our own folders
+            if leftover.is_dir() and (leftover.name == "incoming" or is_uuid(leftover.name)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def used_bytes(self) -> int:
         with self._lock:
@@ -215,18 +239,6 @@ class SessionStore:
             shutil.rmtree(s.folder, ignore_errors=True)
             logger.info("session %s expired and removed", s.id)
         return [s.id for s in expired]
-
-    def start_reaper(self, interval_s: float) -> threading.Thread:
-        def run() -> None:
-            while not self._stop.wait(interval_s):
-                self.reap()
-
-        thread = threading.Thread(target=run, name="session-reaper", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def __len__(self) -> int:
         return len(self._sessions)

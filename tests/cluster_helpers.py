@@ -57,3 +57,21 @@ class RedisServer:
         """Stop and start on the same port: every session is gone, as after losing Redis."""
         self.stop()
         self.start()
+
+
+def cluster_phantom(folder: Path, seed: int):
+    """An oblique phantom CT written to `folder`: (phantom, path); what the cluster tests upload."""
+    from aiaa_core.phantoms import make_phantom, write_phantom
+
+    phantom = make_phantom(seed, size=(96, 84, 56), spacing=(3.5, 3.5, 3.5), orientation="oblique")
+    path, _ = write_phantom(phantom, folder, stem="p")
+    return phantom, path
+
+
+def upload(url: str, path: Path) -> str:
+    """PUT /session/ with the file at `path` on the API at `url`; the session id."""
+    import requests
+
+    reply = requests.put(f"{url}/session/", files={"image": (path.name, path.read_bytes())}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()["session_id"]

@@ -18,11 +18,11 @@ import pytest
 import requests
 import SimpleITK as sitk
 from aiaa_helpers import assert_same_grid, parse_result, post, read_mask, to_ijk
-from cluster_helpers import RedisServer
+from cluster_helpers import RedisServer, cluster_phantom, upload
 from conftest import generated_admin, start_server, stop_server
 
 from aiaa_core.evaluation import centre_click
-from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
+from aiaa_core.phantoms import LABELS
 
 pytestmark = pytest.mark.slow
 
@@ -70,15 +70,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    phantom = make_phantom(415_101, size=(96, 84, 56), spacing=(3.5, 3.5, 3.5), orientation="oblique")
-    path, _ = write_phantom(phantom, tmp_path_factory.mktemp("phantom"), stem="p")
-    return phantom, path
-
-
-def upload(url: str, path) -> str:
-    reply = requests.put(f"{url}/session/", files={"image": (path.name, path.read_bytes())}, timeout=60)
-    assert reply.status_code == 200, reply.text
-    return reply.json()["session_id"]
+    return cluster_phantom(tmp_path_factory.mktemp("phantom"), 415_101)
 
 
 def click(url: str, session_id: str, clicks: dict, tmp_path) -> np.ndarray:

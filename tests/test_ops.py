@@ -120,12 +120,19 @@ def test_ready_is_503_until_every_model_is_loaded_and_names_refused_ones(tmp_pat
 
     models[1].status = models[2].status = "ready"
     names = ["spleen_a", "spleen_b", "spleen_c"]
-    assert client.get("/ready").json == {"status": "ready", "models": names, "refused": []}
+    ready = client.get("/ready").json
+    assert {k: ready[k] for k in ("status", "models", "refused")} == {"status": "ready", "models": names, "refused": []}
+    assert ready["store"]["kind"] == "memory" and ready["backend"] == {"kind": "in-process"}  # the embedded default
 
     # a model refused at start-up keeps the server ready (it will not load until replaced): named, no path
     registry.failed["old_one"] = "post_transforms[1] args.output_dir: '/srv/aiaa/secret dir' looks like a file path"
     reply = client.get("/ready")
-    assert reply.status_code == 200 and reply.json == {"status": "ready", "models": names, "refused": ["old_one"]}
+    assert reply.status_code == 200
+    assert {k: reply.json[k] for k in ("status", "models", "refused")} == {
+        "status": "ready",
+        "models": names,
+        "refused": ["old_one"],
+    }
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'aiaa_model_refused{model="old_one"} 1.0' in metrics and "/srv/aiaa" not in metrics
     dashboard = client.get("/v1/dashboard?format=json", headers={"Authorization": basic_auth(*ADMIN)}).json

@@ -29,7 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..errors import ServiceUnavailable, SessionExpired
-from ..sessions import Session, is_uuid
+from ..sessions import Session, StoreBase, is_uuid
 from .volume_blocks import block_keys, image_blocks, image_from_blocks, image_header
 
 logger = logging.getLogger(__name__)
@@ -70,30 +70,20 @@ def _lost(session_id: str) -> SessionExpired:
     )
 
 
-class RedisSessionStore:
+class RedisSessionStore(StoreBase):
     """The session store interface (`server.session_stores.SessionStoreApi`) on Redis."""
 
     kind = "redis"
 
     def __init__(self, url: str, root: Path, default_expiry_s: float, max_expiry_s: float, max_bytes: int):
+        super().__init__(root, default_expiry_s, max_expiry_s, max_bytes)
         self.url = url
-        self.root = Path(root)  # this process' scratch space for uploads being decoded
-        self.default_expiry_s, self.max_expiry_s, self.max_bytes = default_expiry_s, max_expiry_s, max_bytes
         self.redis = connect(url)
         self._local: OrderedDict[str, Session] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()
         self._fetching: dict[str, threading.Lock] = {}
-        self._stop = threading.Event()
-        self.root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.root / "incoming", ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ limits
-
-    def expiry_for(self, requested: float | None) -> float:
-        """min(requested, max); 0, absent or not a finite positive number → the default."""
-        if requested is None or not math.isfinite(requested) or requested <= 0:
-            return min(self.default_expiry_s, self.max_expiry_s)
-        return min(float(requested), self.max_expiry_s)
 
     def stored_bytes(self) -> int:
         """Memory Redis uses now (every session of every replica)."""
@@ -307,17 +297,8 @@ class RedisSessionStore:
             logger.info("session %s: local copy dropped (gone from Redis)", session_id)
         return gone
 
-    def start_reaper(self, interval_s: float) -> threading.Thread:
-        def run() -> None:
-            while not self._stop.wait(interval_s):
-                self.reap()
-
-        thread = threading.Thread(target=run, name="session-reaper", daemon=True)
-        thread.start()
-        return thread
-
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         self.redis.close()
 
     def __len__(self) -> int:
