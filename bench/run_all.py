@@ -5,6 +5,9 @@
 Starts `aiaa serve` (and, side by side, stock `monailabel start_server` with the same app) on loopback,
 times what a clinician feels (client round trips) and what the server reports (`latencies`), and
 rewrites bench/results/speed.md (or --out) with the date, the machine and the command.
+
+(A little over 400 lines on purpose: every speed figure the README quotes is measured in this one run, so
+the figures share one machine state; each scenario is its own function.)
 """
 
 from __future__ import annotations
