@@ -13,14 +13,19 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
 
+from .box_fit import FitToPointsBoxd
 from .keys import PRED_BOX  # data key: the box outside which the pasted mask is all zero
 from .mask_geometry import largest_component  # the one rule, shared with accuracy scoring
+from .spleen_component import KeepPlausibleSpleend
+from .tensors import bare
 
 # The public names; an uploaded config may name these transforms as `aiaa.transforms.<name>` (the server's
 # allow-list, server/model_formats/names.py, looks them up in __all__ and nowhere else).
 __all__ = [
     "PRED_BOX",
     "CropAroundPointsd",
+    "FitToPointsBoxd",
+    "KeepPlausibleSpleend",
     "LoadImageOrTensord",
     "LogitsToInputGridd",
     "PasteCropd",
@@ -216,12 +221,6 @@ class PasteCropd(MapTransform):
         d[self.result_key] = {**d.get(self.result_key, {}), "crop": crop}
         d[PRED_BOX] = crop
         return d
-
-
-def bare(value) -> torch.Tensor:
-    """The tensor without MONAI metadata, no copy (MetaTensor operations cost a lot per call)."""
-    tensor = torch.as_tensor(value)
-    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
 def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

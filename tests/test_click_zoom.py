@@ -13,12 +13,12 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
+from aiaa_core.box_fit import fit_to_box, reaches_every_face
 from aiaa_core.evaluation import dice
 from aiaa_core.transforms import AIR_HU, CropAroundPointsd, resize_logits, resize_region
 from aiaa_core.volumes import to_array
 from lib.infers import DeepGrow3D, ExtremePoints
 from lib.infers.click_region import accept_region, grow_region
-from lib.infers.extreme_points import fit_to_box, reaches_every_face
 from lib.infers.interactive import touched_faces, zoomed_box
 from server.inference import run_model
 from server.registry import ServedModel

@@ -14,7 +14,7 @@ from image_fixtures import write_dicom_series
 
 from aiaa_core.evaluation import dice
 from aiaa_core.phantoms import LABELS, make_phantom, write_phantom
-from lib.infers.segmentation_spleen import plausible_spleen
+from aiaa_core.spleen_component import plausible_spleen
 
 MODEL = "segmentation_spleen"
 MIN_DICE = 0.85

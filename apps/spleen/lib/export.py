@@ -55,7 +55,7 @@ def describe_transform(t) -> tuple[str, dict] | None:
         return None
     if isinstance(t, app_transforms.LoadImageOrTensord):
         return "monai.transforms.LoadImaged", {"keys": _keys(t), "ensure_channel_first": True}
-    if type(t).__module__.startswith(app_transforms.__name__):
+    if type(t).__name__ in app_transforms.__all__ and isinstance(t, getattr(app_transforms, type(t).__name__)):
         return OWN + type(t).__name__, own_args(t)
     keys = {"keys": _keys(t)}
     if isinstance(t, Orientationd):
