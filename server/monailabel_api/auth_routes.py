@@ -107,7 +107,9 @@ def auth_token():
         and hmac.compare_digest(password.encode(), credentials.password.encode())
     ):
         raise Unauthorized("Wrong user name or password.")
-    return jsonify({"access_token": tokens().issue(), "token_type": "bearer", "expires_in": int(TOKEN_TTL_S)})
+    # OAuth's token type name (RFC 6750), not a secret: bandit's B105 reads any "token" string as a password.
+    token_type = "bearer"  # nosec B105
+    return jsonify({"access_token": tokens().issue(), "token_type": token_type, "expires_in": int(TOKEN_TTL_S)})
 
 
 @bp.get("/auth/token/valid")
