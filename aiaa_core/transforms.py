@@ -14,6 +14,7 @@ from monai.transforms import LoadImage, MapTransform
 from monai.utils import ensure_tuple_rep
 
 from .box_fit import FitToPointsBoxd
+from .box_region import GrowInPointsBoxd
 from .keys import PRED_BOX  # data key: the box outside which the pasted mask is all zero
 from .mask_geometry import largest_component  # the one rule, shared with accuracy scoring
 from .spleen_component import KeepPlausibleSpleend
@@ -25,6 +26,7 @@ __all__ = [
     "PRED_BOX",
     "CropAroundPointsd",
     "FitToPointsBoxd",
+    "GrowInPointsBoxd",
     "KeepPlausibleSpleend",
     "LoadImageOrTensord",
     "LogitsToInputGridd",

@@ -14,11 +14,12 @@ import torch
 from monai.data import MetaTensor
 
 from aiaa_core.box_fit import fit_to_box, reaches_every_face
+from aiaa_core.box_region import grow_in_box
+from aiaa_core.click_region import accept_region, grow_region
 from aiaa_core.evaluation import dice
 from aiaa_core.transforms import AIR_HU, CropAroundPointsd, resize_logits, resize_region
 from aiaa_core.volumes import to_array
 from lib.infers import DeepGrow3D, ExtremePoints
-from lib.infers.click_region import accept_region, grow_region
 from lib.infers.interactive import touched_faces, zoomed_box
 from server.inference import run_model
 from server.registry import ServedModel
@@ -224,3 +225,28 @@ def test_extreme_points_mask_fitted_to_their_box():
     assert mask[10:30, 10:30, 10:30].all()  # the threshold was lowered until the mask reached every point
     assert not mask[31:].any()  # nothing beyond the box
     assert reaches_every_face(mask[9:31, 9:31, 9:31])
+
+
+def core_and_points(hu: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits of a network that found only the core of the object at [10, 30)³, and its six extreme points."""
+    score = -torch.ones(hu.shape)
+    score[13:27, 13:27, 13:27] = 1.0  # a third of it
+    points = np.array([[10, 20, 20], [29, 20, 20], [20, 10, 20], [20, 29, 20], [20, 20, 10], [20, 20, 29]])
+    return torch.stack([torch.zeros_like(score), score]), points
+
+
+def test_extreme_points_region_completes_the_core_within_the_box():
+    hu = np.full((40, 40, 40), -100.0, dtype=np.float32)  # fat
+    hu[10:30, 10:30, 10:30] = 60.0  # the object, homogeneous
+    logits, points = core_and_points(hu)
+    mask = (lambda out: (out[1] - out[0]) > 0)(grow_in_box(logits, hu, points))
+    assert mask[10:30, 10:30, 10:30].float().mean() > 0.9  # the object (its edges aside), not the core (0.34)
+    assert mask.sum() < 1.2 * 20**3  # and little else
+
+
+def test_extreme_points_region_rejected_when_it_leaks_beyond_the_box():
+    hu = np.full((40, 40, 40), -100.0, dtype=np.float32)
+    hu[10:30, 10:30, 10:30] = 60.0
+    hu[10:40, 28:40, 0:40] = 60.0  # a neighbour of the same intensity, touching it and running out of the box
+    logits, points = core_and_points(hu)
+    assert torch.equal(grow_in_box(logits, hu, points), logits)  # the network's mask, as it was

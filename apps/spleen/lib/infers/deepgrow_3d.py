@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from aiaa_core.click_region import accept_region, grow_region, split_off
 from aiaa_core.transforms import ZOOM_BOX, CropAroundPointsd, bare
 
-from .click_region import accept_region, grow_region, split_off
 from .interactive import UNCROPPED, InteractiveTask
 
 REGION_SCORE = 4.0  # the logit margin given to the grown region's inside (and minus it outside)
@@ -25,7 +25,7 @@ class DeepGrow3D(InteractiveTask):
     the corrective background clicks lie next to the object, inside the crop, either way.
 
     After the network, an intensity region grown from the clicks on a crop `region_margin_mm` wider on
-    each side is added to its mask where the two agree (`click_region`): the network under-segments large
+    each side is added to its mask where the two agree (`aiaa_core.click_region`): the network under-segments large
     organs. The region crop has `REGION_VOXEL_MM` voxels (coarser only past `REGION_MAX_VOXELS`), so its
     resolution does not fall as clicks spread the network's crop.
     """

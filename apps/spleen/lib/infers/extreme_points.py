@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from aiaa_core.phantoms import LABELS
-from aiaa_core.transforms import FitToPointsBoxd
+from aiaa_core.transforms import FitToPointsBoxd, GrowInPointsBoxd
 
-from .interactive import InteractiveTask
+from .interactive import CT_WINDOW, InteractiveTask
 
 
 class ExtremePoints(InteractiveTask):
@@ -17,7 +17,8 @@ class ExtremePoints(InteractiveTask):
 
     The points bound the object, so the mask is fitted to their box (`aiaa_core.box_fit`): nothing outside it
     (one crop voxel of tolerance), and the threshold lowered step by step until the mask reaches each of
-    the box's six faces, as the object does by definition of its extreme points.
+    the box's six faces, as the object does by definition of its extreme points. Then an intensity
+    region grown from the mask's core within the box is added where it agrees (`aiaa_core.box_region`).
     """
 
     task_type = InferType.ANNOTATION
@@ -42,4 +43,8 @@ class ExtremePoints(InteractiveTask):
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         # The box fit is a transform (not task code) so that an exported MMAR/bundle runs it too.
-        return [FitToPointsBoxd(keys="pred", points_key="points"), *super().post_transforms(data)]
+        return [
+            FitToPointsBoxd(keys="pred", points_key="points"),
+            GrowInPointsBoxd(keys="pred", image_key="image", points_key="points", window=CT_WINDOW),
+            *super().post_transforms(data),
+        ]
