@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from .keys import data_key
 from .tensors import bare
 
 # Thresholds (logit margins) tried, in order, until the mask reaches every face of the points' box.
@@ -22,7 +23,7 @@ class FitToPointsBoxd(MapTransform):
 
     def __init__(self, keys="pred", points_key: str = "points"):
         super().__init__(keys)
-        self.points_key = points_key
+        self.points_key = data_key(points_key, "points_key")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

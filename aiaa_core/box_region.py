@@ -12,6 +12,7 @@ MMARs/bundles run it too (its arguments are kept as attributes for the exporter)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from scipy import ndimage
 
 from .box_fit import OUTSIDE_SCORE
 from .click_region import accept_region, grow_region
+from .keys import data_key
 from .tensors import bare
 
 REGION_SCORE = 4.0  # the logit margin given to the union's inside (and minus it outside), as deepgrow's
@@ -40,8 +42,11 @@ class GrowInPointsBoxd(MapTransform):
         window: Sequence[float] = (-400.0, 600.0),
     ):
         super().__init__(keys)
-        self.image_key, self.points_key = image_key, points_key
-        self.window = [float(w) for w in window]
+        self.image_key, self.points_key = data_key(image_key, "image_key"), data_key(points_key, "points_key")
+        low, high = (float(w) for w in window) if len(window) == 2 else (math.nan, math.nan)
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError("'window' must be two finite HU values, low < high")
+        self.window = [low, high]
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -10,6 +10,7 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
+from .keys import data_key
 from .tensors import bare
 
 SPLEEN_ML = (20.0, 3000.0)
@@ -29,7 +30,7 @@ class KeepPlausibleSpleend(MapTransform):
 
     def __init__(self, keys="pred", ref_image: str = "image"):
         super().__init__(keys)
-        self.ref_image = ref_image
+        self.ref_image = data_key(ref_image, "ref_image")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
