@@ -41,7 +41,7 @@ def train(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     # From scratch at the rate the committed weights were trained with (MONAI Label's /train/ fine-tunes).
     request = {"max_epochs": args.epochs, "steps_per_epoch": args.steps, "seed": args.seed}
-    report = trainer({**request, "pretrained": False, "learning_rate": 2e-3}, datastore)
+    report = trainer({**request, "pretrained": False, "learning_rate": args.lr}, datastore)
     print(
         f"best validation Dice {report['best_val_dice']:.4f} (epoch {report['best_epoch']}; 0: the starting "
         f"weights) after {report['epochs']} epochs in {report['seconds']} s -> {output}"
@@ -83,6 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--steps", type=int, default=40, help="training steps per epoch")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine; lower for a warm start)")
     p.add_argument("--output", help="weights file (default: the app's model folder)")
     p.add_argument("--studies", help="also train on this MONAI Label datastore's final labels")
     p.add_argument("--app-dir", default=str(defaults.app_dir))
