@@ -250,3 +250,20 @@ def test_extreme_points_region_rejected_when_it_leaks_beyond_the_box():
     hu[10:40, 28:40, 0:40] = 60.0  # a neighbour of the same intensity, touching it and running out of the box
     logits, points = core_and_points(hu)
     assert torch.equal(grow_in_box(logits, hu, points), logits)  # the network's mask, as it was
+
+
+def test_corrective_clicks_keep_the_region_the_first_click_took(tmp_path, monkeypatch):
+    """More foreground clicks grow the under-segmenting network's mask until, judged afresh, the region
+    would no longer add enough to be taken: the first click's choice holds, so the mask does not collapse."""
+    image, organ = organ_image()
+    weights = tmp_path / "blob.pt"
+    torch.save(Blob().state_dict(), weights)
+    model = ServedModel(name="blob", task=DeepGrow3D(path=str(weights), network=Blob(), engine="torch"), source="test")
+    corners = [[104, 54, 44], [116, 66, 54], [104, 66, 44], [116, 54, 54], [104, 54, 54], [116, 66, 44]]
+    clicks = {"foreground": [[110, 60, 49], *corners], "background": []}
+    one, _ = run_model(model, image, {"foreground": clicks["foreground"][:1], "background": []})
+    seven, _ = run_model(model, image, clicks)
+    assert dice(one, organ) > 0.85 and dice(seven, organ) > 0.78  # the balls round the clicks stick out a little
+    monkeypatch.setattr(DeepGrow3D, "first_click_takes_region", lambda self, *args: None)  # judged afresh
+    afresh, _ = run_model(model, image, clicks)
+    assert dice(afresh, organ) < 0.7  # the network's seven balls alone

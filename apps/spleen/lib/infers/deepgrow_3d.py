@@ -100,8 +100,10 @@ class DeepGrow3D(InteractiveTask):
     def refine_with_region(self, data: dict, accepted: bool | None = None) -> dict:
         """The network's crop result, or its union with the region grown on a wider crop (`accepted`:
         the first click's choice; None: decide now, by `accept_region`)."""
+        if accepted is False:  # the first click refused it: no region to grow
+            return data
         region, network, crop = self.region_and_network(data)
-        if region is None or not (accept_region(region, network) if accepted is None else accepted):
+        if region is None or (accepted is None and not accept_region(region, network)):
             return data
         region = region | network  # added to the network's mask
         inside = [p for p in crop["background"] if region[tuple(p)]]
