@@ -267,3 +267,19 @@ def test_corrective_clicks_keep_the_region_the_first_click_took(tmp_path, monkey
     monkeypatch.setattr(DeepGrow3D, "first_click_takes_region", lambda self, *args: None)  # judged afresh
     afresh, _ = run_model(model, image, clicks)
     assert dice(afresh, organ) < 0.7  # the network's seven balls alone
+
+
+def test_first_click_choices_are_kept_per_image_object():
+    from lib.infers.deepgrow_3d import FirstClickChoices
+
+    choices = FirstClickChoices(size=2)
+    image, other = MetaTensor(torch.zeros(1, 4, 4, 4)), MetaTensor(torch.zeros(1, 4, 4, 4))
+    first = {"image": image, "foreground": [[1, 2, 3], [0, 0, 0]]}
+    assert choices.get(first) is None
+    choices.remember(first, True)
+    assert choices.get({"image": image, "foreground": [[1, 2, 3]]}) is True  # later clicks: same first click
+    assert choices.get({"image": other, "foreground": [[1, 2, 3]]}) is None  # another image
+    assert choices.get({"image": image, "foreground": [[3, 2, 1]]}) is None  # another object
+    choices.remember({"image": other, "foreground": [[0, 0, 0]]}, False)
+    choices.remember({"image": other, "foreground": [[1, 1, 1]]}, False)
+    assert choices.get(first) is None  # the oldest dropped past `size`

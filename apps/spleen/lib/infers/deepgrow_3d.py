@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -14,6 +19,7 @@ from .interactive import UNCROPPED, InteractiveTask
 REGION_SCORE = 4.0  # the logit margin given to the grown region's inside (and minus it outside)
 REGION_VOXEL_MM = 3.2  # the region crop's voxel size where it fits in REGION_MAX_VOXELS
 REGION_MAX_VOXELS = 112  # per axis: bounds the region grow's cost
+MIN_ADDED = 0.1  # a region adding less than this share of the network's mask is left out (no extra pass)
 
 
 class DeepGrow3D(InteractiveTask):
@@ -45,24 +51,31 @@ class DeepGrow3D(InteractiveTask):
     def model_info(self) -> dict:
         return {"deepgrow": "3D"}
 
+    def __init__(self, path, network, **kwargs):
+        super().__init__(path, network, **kwargs)
+        self.first_clicks = FirstClickChoices()
+
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         data = super().run_inferer(data, convert_to_batch, device)
+        uncropped = data.get(UNCROPPED, {})
+        if self.region_margin_mm <= 0 or not uncropped.get("foreground"):
+            return data
+        first_click = len(uncropped["foreground"]) == 1 and not uncropped.get("background")
         # A zoom-out means the network saw the object reach its border and followed it: its crop fits.
-        if self.region_margin_mm > 0 and not data.get("zoom_outs") and data.get(UNCROPPED, {}).get("foreground"):
-            data = self.refine_with_region(data, self.first_click_takes_region(data, convert_to_batch, device))
+        if not data.get("zoom_outs"):
+            consult = None if first_click else lambda: self.first_click_takes_region(data, convert_to_batch, device)
+            data = self.refine_with_region(data, consult)
+        if first_click:
+            self.first_clicks.remember(uncropped, bool(data.get("region_grown")))
         return data
 
-    def first_click_takes_region(self, data: dict, convert_to_batch=True, device="cuda") -> bool | None:
-        """Whether the object's first click took the grown region (None: this request is that click).
-
-        The choice is made once per object, on its first click, and corrections keep it: decided again
-        on every click, a corrective click that moved the network's mask a little flipped it, and the mask
-        jumped between the region and the network's blob (real-CT livers 0.91 → 0.44 → 0.91 on successive
-        clicks). Costs one more network pass on requests with corrective clicks.
-        """
+    def first_click_takes_region(self, data: dict, convert_to_batch=True, device="cuda") -> bool:
+        """Whether the object's first click took the grown region (remembered per session image by
+        `FirstClickChoices`; otherwise found again by one more network pass on the first click alone)."""
         uncropped = data[UNCROPPED]
-        if len(uncropped["foreground"]) <= 1 and not uncropped.get("background"):
-            return None
+        remembered = self.first_clicks.get(uncropped)
+        if remembered is not None:
+            return remembered
         first = {key: value for key, value in data.items() if key not in (ZOOM_BOX, "zoom_outs")}
         first.update(uncropped)
         first["foreground"], first["background"] = list(uncropped["foreground"][:1]), []
@@ -70,9 +83,12 @@ class DeepGrow3D(InteractiveTask):
             first = transform(first)
         first = InteractiveTask.run_inferer(self, first, convert_to_batch, device)
         if first.get("zoom_outs"):
+            self.first_clicks.remember(uncropped, False)
             return False
         region, network, _ = self.region_and_network(first)
-        return accept_region(region, network)
+        taken = accept_region(region, network)
+        self.first_clicks.remember(uncropped, taken)
+        return taken
 
     def region_and_network(self, data: dict) -> tuple[np.ndarray | None, np.ndarray, dict]:
         """The region grown from the clicks on a crop `region_margin_mm` wider than the network's, the
@@ -97,13 +113,20 @@ class DeepGrow3D(InteractiveTask):
         region = grow_region(bare(crop["image"])[0].numpy(), crop["foreground"], crop["background"])
         return region, network, crop
 
-    def refine_with_region(self, data: dict, accepted: bool | None = None) -> dict:
-        """The network's crop result, or its union with the region grown on a wider crop (`accepted`:
-        the first click's choice; None: decide now, by `accept_region`)."""
-        if accepted is False:  # the first click refused it: no region to grow
-            return data
+    def refine_with_region(self, data: dict, first_click_took: Callable[[], bool] | None = None) -> dict:
+        """The network's crop result, or its union with the region grown on a wider crop.
+
+        A region that would add to the network's mask is taken when it agrees with it now
+        (`accept_region`) or, on a corrective click, when the object's first click took it
+        (`first_click_took`): corrections never switch it off. Judged afresh only, a corrective click that
+        moved the network's mask a little refused it, and the mask jumped between the region and the
+        network's blob (real-CT livers 0.91 → 0.44 → 0.91 on successive clicks). Asked only then, and only
+        when the region adds at least `MIN_ADDED` of the mask: most clicks cost no extra network pass.
+        """
         region, network, crop = self.region_and_network(data)
-        if region is None or (accepted is None and not accept_region(region, network)):
+        if region is None or not network.any() or (region & ~network).sum() < MIN_ADDED * network.sum():
+            return data  # it would add little: not worth an extra network pass to ask the first click
+        if not accept_region(region, network) and not (first_click_took and first_click_took()):
             return data
         region = region | network  # added to the network's mask
         inside = [p for p in crop["background"] if region[tuple(p)]]
@@ -114,6 +137,32 @@ class DeepGrow3D(InteractiveTask):
         data["crop_box"] = crop["crop_box"]
         data["region_grown"] = True
         return data
+
+
+class FirstClickChoices:
+    """Recent objects' first-click region choices, keyed by the request's image object (a session's
+    cached pre-processing: the same object on every click) and the first click. A weak reference makes
+    sure a reused object id is not taken for the old image. Bounded; safe across request threads."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._held: OrderedDict[tuple, tuple[weakref.ref, bool]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(uncropped: dict) -> tuple:
+        return id(uncropped["image"]), tuple(int(c) for c in uncropped["foreground"][0])
+
+    def get(self, uncropped: dict) -> bool | None:
+        with self._lock:
+            held = self._held.get(self._key(uncropped))
+        return held[1] if held is not None and held[0]() is uncropped["image"] else None
+
+    def remember(self, uncropped: dict, taken: bool) -> None:
+        with self._lock:
+            self._held[self._key(uncropped)] = (weakref.ref(uncropped["image"]), taken)
+            while len(self._held) > self.size:
+                self._held.popitem(last=False)
 
 
 def resample_nearest(mask: np.ndarray, start, end, new_start, new_end, shape) -> np.ndarray:
