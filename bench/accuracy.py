@@ -1,7 +1,7 @@
 """Accuracy of the app's models on real CTs (and phantoms), through the server's own inference path.
 
     .venv/bin/python bench/accuracy.py [--quick] [--phantoms 6] [--shared-data ../shared/data]
-        [--weights-dir DIR] [--json OUT.json] [--compare BASELINE.json] [--no-write]
+        [--weights-dir DIR] [--models NAME ...] [--json OUT.json] [--compare BASELINE.json] [--no-write]
 
 Each real scan of `../shared/data` (two patients: `example_ct`, and the DICOM series) is evaluated as
 uploaded (written as NIfTI and decoded by the server's reader) and as robustness variants made from it:
@@ -14,8 +14,10 @@ bladder; ≥ 50 mL in the scan). A simulated user:
   more, each at the deepest voxel of the larger error region (missed → foreground, leaked → background);
   Dice after every click.
 
-`--quick` evaluates the scans as they are (no variants) and one phantom. Importable: the auto-segmentation
-work calls `real_cases()` and `evaluate_segmentation()`. Writes bench/results/accuracy.md and .png.
+`--quick` evaluates the scans as they are (no variants) and one phantom; `--models segmentation_spleen` (or
+any subset) evaluates only those models and prints its report without writing it. The one place the
+real-CT variants are made: tests/test_segmentation_realct.py imports `real_cases()` and
+`evaluate_segmentation()`. Writes bench/results/accuracy.md and .png.
 """
 
 from __future__ import annotations
@@ -245,6 +247,8 @@ def evaluate_case(models: dict[str, ServedModel], image: sitk.Image, organs: dic
             r.extreme_points = evaluate_extreme_points(models["extreme_points"], image, truth)
         if "deepgrow_3d" in models:
             r.deepgrow, r.click_seconds = evaluate_deepgrow(models["deepgrow_3d"], image, truth)
+        if r.segmentation is None and r.extreme_points is None and not r.deepgrow:
+            continue  # no model asked for scores this organ
         print(json.dumps({k: v for k, v in asdict(r).items() if k != "click_seconds"}, default=_round), flush=True)
         rows.append(r)
     return rows
@@ -260,10 +264,13 @@ def phantom_cases(count: int) -> Iterator[tuple[str, sitk.Image, np.ndarray]]:
         yield f"{200_000 + i} {orientations[i % 4]}", phantom.image, to_array(phantom.label) == LABELS["spleen"]
 
 
-def load_models(weights_dir: Path | None = None) -> dict[str, ServedModel]:
-    """The app's three models, with the weights of `weights_dir/<name>.pt` where present (else model/)."""
+MODELS = ("segmentation_spleen", "extreme_points", "deepgrow_3d")
+
+
+def load_models(weights_dir: Path | None = None, names: Iterable[str] = MODELS) -> dict[str, ServedModel]:
+    """The app's models `names`, with the weights of `weights_dir/<name>.pt` where present (else model/)."""
     models = {}
-    for name in ("segmentation_spleen", "extreme_points", "deepgrow_3d"):
+    for name in names:
         weights = APP / "model" / f"{name}.pt"
         if weights_dir and (weights_dir / f"{name}.pt").is_file():
             weights = weights_dir / f"{name}.pt"
@@ -332,15 +339,16 @@ def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | N
         "",
     ]
     means = summary(rows)
+    scored = {key: title for key, title in METRICS.items() if means[key]["all"] is not None}  # models evaluated
     lines += ["## Summary: mean over the real-CT organs", "", "| model | target | " + " | ".join(variants) + " | all |"]
     lines.append("|---|---|" + "---|" * (len(variants) + 1))
-    for key, title in METRICS.items():
+    for key, title in scored.items():
         cells = [fmt(means[key].get(v)) for v in [*variants, "all"]]
         lines.append(f"| {title} | ≥ {TARGETS[key]} | " + " | ".join(cells) + " |")
         if baseline and key in baseline:
             cells = [fmt(baseline[key].get(v)) for v in [*variants, "all"]]
             lines.append(f"| *baseline* {title} | | " + " | ".join(cells) + " |")
-    for key, title in METRICS.items():
+    for key, title in scored.items():
         lines += ["", f"## {title}", "", "| patient | organ | " + " | ".join(variants) + " |"]
         lines.append("|---|---|" + "---|" * len(variants))
         for source, organ in objects:
@@ -350,12 +358,14 @@ def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | N
                 cells.append(fmt(metric(match[0], key)) if match else "–")
             if any(c != "–" for c in cells):
                 lines.append(f"| {source} | {organ} | " + " | ".join(cells) + " |")
-    lines += ["", "## DeepGrow Dice after each click (real CT, all variants)", ""]
-    lines += ["| patient | organ | variant | " + " | ".join(str(n + 1) for n in range(CLICKS)) + " |"]
-    lines.append("|---|---|---|" + "---|" * CLICKS)
-    for r in real:
-        if r.deepgrow:
-            lines.append(f"| {r.source} | {r.organ} | {r.variant} | " + " | ".join(fmt(d) for d in r.deepgrow) + " |")
+    if any(r.deepgrow for r in real):
+        lines += ["", "## DeepGrow Dice after each click (real CT, all variants)", ""]
+        lines += ["| patient | organ | variant | " + " | ".join(str(n + 1) for n in range(CLICKS)) + " |"]
+        lines.append("|---|---|---|" + "---|" * CLICKS)
+        for r in real:
+            if r.deepgrow:
+                clicks = " | ".join(fmt(d) for d in r.deepgrow)
+                lines.append(f"| {r.source} | {r.organ} | {r.variant} | {clicks} |")
     seconds = [s for r in real for s in r.click_seconds]
     if seconds:
         lines += [
@@ -439,6 +449,7 @@ def main() -> None:
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
     parser.add_argument("--patients", nargs="*", help="only these patients (example_ct, dicom)")
     parser.add_argument("--weights-dir", type=Path, help="weights <name>.pt to use instead of the app's model/")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="only these (prints only)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--compare", type=Path, help="a JSON of an earlier run: its means go in the summary")
     parser.add_argument("--merge", type=Path, nargs="+", help="report the rows of these --json files; evaluate nothing")
@@ -452,7 +463,7 @@ def main() -> None:
         rows = [Row(**r) for run in runs for r in run["rows"]]
         command = "; ".join(f"{run['command']} (rows)" for run in runs)
     else:
-        models = load_models(args.weights_dir)
+        models = load_models(args.weights_dir, args.models)
         variants = (Variant.ORIGINAL,) if args.quick else tuple(Variant)
         for name, image, truth in phantom_cases(1 if args.quick else args.phantoms):
             rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
@@ -465,7 +476,7 @@ def main() -> None:
         baseline = summary([Row(**r) for r in json.loads(args.compare.read_text())["rows"]])
     report = markdown(rows, f".venv/bin/python {command}", args.note, baseline)
     print(report)
-    if not args.no_write:
+    if not args.no_write and set(args.models) == set(MODELS):
         (RESULTS / "accuracy.md").write_text(report)
         plot(rows, RESULTS / "accuracy.png", f"Real CT, {datetime.date.today()}: Dice per organ and variant")
 
