@@ -108,9 +108,15 @@ def test_a_deletion_on_a_is_a_404_on_b(pair, ct):
 def test_concurrent_installs_on_a_and_b_both_land(pair):
     shared, (a, b), _ = pair
     replies = {}
+    # Built here, not in the threads: `torch.jit.script` is not thread-safe (two at once in one process
+    # failed in CPython's parser, "AST constructor recursion depth mismatch", and that install never ran).
+    bodies = {name: upload(seed=len(name)) for name in ("sync_on_a", "on_b")}
 
     def install(api, name: str) -> None:
-        replies[name] = put_model(api.url, name, upload(seed=len(name)))
+        try:
+            replies[name] = put_model(api.url, name, bodies[name])
+        except Exception as error:  # reported by the assertion below, not lost with the thread
+            replies[name] = error
 
     threads = [
         threading.Thread(target=install, args=(a, "sync_on_a")),
@@ -120,7 +126,8 @@ def test_concurrent_installs_on_a_and_b_both_land(pair):
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert {name: reply.status_code for name, reply in replies.items()} == {"sync_on_a": 200, "on_b": 200}
+    codes = {name: getattr(reply, "status_code", reply) for name, reply in replies.items()}
+    assert codes == {"sync_on_a": 200, "on_b": 200}
     for api in (a, b):
         until(lambda api=api: {"sync_on_a", "on_b"} <= set(served(api.url)), f"{api.url} serves both installs")
     committed = sorted(p.name.split("@")[0] for p in shared.iterdir() if (p / MARKER).is_file())
