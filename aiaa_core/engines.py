@@ -52,6 +52,12 @@ AUTO = EngineName.AUTO
 ONNX_OPSET = 17
 CACHE_LIMIT = 64  # exported files kept in the cache folder (least recently used removed first)
 
+# torch.onnx.export keeps its state in process-wide globals (opset, "in export", export type) and
+# TorchScript compilation shares CPython's parser state, so two models' first requests building their
+# engines at once could break each other's export: every export and trace in this process takes turns here.
+# Reentrant: `_export_once` holds it across its check, export and rename.
+EXPORT_LOCK = threading.RLock()
+
 # MONAI Label `conf` keys (string values) that carry the engine settings into an app's tasks.
 CONF_DEVICE, CONF_ENGINE, CONF_THREADS, CONF_CACHE = "device", "engine", "engine_threads", "engine_cache"
 PACING = "aiaa_pacing"  # request key: the scheduler's `Pacing` for this request's forwards
@@ -329,7 +335,7 @@ class OnnxModule(Engine):
 def export_onnx(network: torch.nn.Module, example: torch.Tensor, target: str | os.PathLike | io.BytesIO) -> None:
     """Export with batch and spatial axes dynamic, so one file serves any crop or patch size."""
     axes = {0: "batch", **{i: f"dim{i}" for i in range(2, example.ndim)}}
-    with warnings.catch_warnings(), torch.no_grad():
+    with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notes
         torch.onnx.export(
             network.eval(),
@@ -344,7 +350,7 @@ def export_onnx(network: torch.nn.Module, example: torch.Tensor, target: str | o
 
 
 def export_torchscript(network: torch.nn.Module, example: torch.Tensor, target: str | os.PathLike) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
+    with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         scripted = torch.jit.freeze(torch.jit.trace(network.eval(), example))
     torch.jit.save(scripted, str(target))
@@ -391,7 +397,7 @@ def build_engine(
         _export_once(cached, lambda tmp: export_onnx(network.cpu(), example.cpu(), tmp))
         return OnnxModule(cached, **onnx)
     if cached is None:
-        with warnings.catch_warnings(), torch.no_grad():
+        with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             return TorchModule(torch.jit.freeze(torch.jit.trace(network, example)), engine=EngineName.TORCHSCRIPT)
     _export_once(cached, lambda tmp: export_torchscript(network, example, tmp))
@@ -410,17 +416,19 @@ def _cache_path(folder: Path, network: torch.nn.Module, engine: str) -> Path | N
 
 
 def _export_once(path: Path, export: Callable[[Path], None]) -> None:
-    """Write the export to a temp name and rename it, so a reader never sees half a file."""
-    if path.is_file():
-        path.touch()  # recently used: kept when the cache is pruned
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        export(tmp)
-        os.replace(tmp, path)
-        logger.info("exported %s", path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the export to a temp name and rename it, so a reader never sees half a file (another process
+    may share the cache folder); in this process one export at a time, so the same weights export once."""
+    with EXPORT_LOCK:
+        if path.is_file():
+            path.touch()  # recently used: kept when the cache is pruned
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            export(tmp)
+            os.replace(tmp, path)
+            logger.info("exported %s", path)
+        finally:
+            tmp.unlink(missing_ok=True)
     exports = [*path.parent.glob("*.onnx"), *path.parent.glob("*.ts")]
     exports.sort(key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in exports[CACHE_LIMIT:]:

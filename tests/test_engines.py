@@ -1,12 +1,13 @@
 """Engines: TorchScript and ONNX Runtime give eager PyTorch's masks; exports are cached by content; the model
-object's `engine` key tells what really runs; the engine settings are passed in (no process-wide state) and
-reach the app's tasks through its MONAI Label conf; a request's pacing is called before every forward; the
-app's segmentation post-processing (resampled only around the object) gives the same mask as MONAI's full
-inversion."""
+object's `engine` key tells what really runs; engines built at once export one at a time; the engine
+settings are passed in (no process-wide state) and reach the app's tasks through its MONAI Label conf; a
+request's pacing is called before every forward; the app's segmentation post-processing (resampled only
+around the object) gives the same mask as MONAI's full inversion."""
 
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -209,3 +210,46 @@ def test_concurrent_forwards_share_the_threads():
                 assert elsewhere == 4  # another scheduler's share is its own
     with share.forward() as again:
         assert again == 4
+
+
+def test_engines_built_at_once_export_one_at_a_time(engine_cache, monkeypatch):
+    """Two models' first requests build their engines at the same moment: torch.onnx.export keeps process-wide
+    state, so the exports must take turns (each waits up to 1 s for the other to join it), and both engines
+    must still give their own network's output."""
+    real_export, active, peak, both_in = torch.onnx.export, [0], [0], threading.Event()
+    guard = threading.Lock()
+
+    def watched_export(*args, **kwargs):
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            if active[0] == 2:
+                both_in.set()
+        both_in.wait(timeout=1.0)  # without the lock the other thread arrives here within this second
+        try:
+            return real_export(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(torch.onnx, "export", watched_export)
+    networks = [torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Sigmoid()).eval() for _ in range(2)]
+    built, errors = [None, None], []
+
+    def build(index: int) -> None:
+        try:
+            built[index] = engines.build_engine(networks[index], "onnxruntime", (1, 8, 8, 8), settings=engine_cache)
+        except Exception as error:  # reaches the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    assert peak[0] == 1
+    x = torch.rand(1, 1, 8, 8, 8)
+    for network, engine in zip(networks, built, strict=True):
+        with torch.no_grad():
+            torch.testing.assert_close(engine(x), network(x), atol=1e-5, rtol=1e-4)

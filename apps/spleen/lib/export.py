@@ -32,6 +32,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from aiaa_core import __version__
 from aiaa_core import transforms as app_transforms
+from aiaa_core.engines import EXPORT_LOCK
 from aiaa_core.vocabularies import UPLOAD_FORMATS, EngineName, ModelFormat
 from aiaa_core.weights import load_state_dict
 from lib.configs import load_configs
@@ -204,7 +205,9 @@ def app_model(app_dir: Path, name: str) -> tuple[BasicInferTask, torch.nn.Module
 
 def torchscript_bytes(network: torch.nn.Module) -> bytes:
     buffer = io.BytesIO()
-    torch.jit.save(torch.jit.script(network.eval()), buffer)
+    with EXPORT_LOCK:  # scripting parses Python source: not safe beside another thread's
+        scripted = torch.jit.script(network.eval())
+    torch.jit.save(scripted, buffer)
     return buffer.getvalue()
 
 
