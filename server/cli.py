@@ -1,5 +1,5 @@
-"""`aiaa`: serve the API (server/serve_command.py), train and export the app's models, write phantoms,
-manage the model repository (server/admin_client.py)."""
+"""`aiaa`: serve the API (server/serve_command.py), train and export the app's models, write phantoms, import a
+TotalSegmentator-format dataset to train on, manage the model repository (server/admin_client.py)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,25 @@ def export(args: argparse.Namespace) -> None:
         print(export_model(app_dir, args.model, fmt, Path(args.out)))
 
 
+def import_totalseg(args: argparse.Namespace) -> None:
+    """Write a TotalSegmentator-format dataset into a datastore folder that `aiaa train --studies` reads."""
+    from .app_loader import import_app_module
+
+    module = import_app_module(Path(args.app_dir).resolve(), "lib.trainers.totalseg_import")
+    structures = [s.strip() for s in args.structures.split(",") if s.strip()] if args.structures else None
+    try:
+        report = module.import_totalsegmentator(
+            Path(args.source), Path(args.datastore), structures=structures, split=args.split, limit=args.limit
+        )
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    print(
+        f"{len(report.imported)} subjects imported, {len(report.already_there)} already there; "
+        f"{len(report.labels)} structures (values in {Path(args.datastore) / module.LABELS_FILE}); "
+        f"{report.overlapping_voxels} voxels claimed by two masks (kept by the lower value)"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     defaults = Settings()
     top = argparse.ArgumentParser(prog="aiaa", description=__doc__)
@@ -106,6 +125,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=".", help="folder for <model>-<format>.zip")
     p.add_argument("--app-dir", default=str(defaults.app_dir))
     p.set_defaults(func=export)
+
+    p = commands.add_parser(
+        "import-totalseg", help="a TotalSegmentator-format dataset as a datastore to train on (--studies)"
+    )
+    p.add_argument("source", help="folder of subjects: <subject>/ct.nii.gz and <subject>/segmentations/*.nii.gz")
+    p.add_argument("datastore", help="datastore folder to write (created; subjects already there are skipped)")
+    p.add_argument("--structures", help="comma-separated structure names (default: every mask found)")
+    p.add_argument("--split", help="only the subjects of this meta.csv split (train, val, test)")
+    p.add_argument("--limit", type=int, help="at most this many subjects (name order)")
+    p.add_argument("--app-dir", default=str(defaults.app_dir))
+    p.set_defaults(func=import_totalseg)
     return top
 
 
