@@ -1,7 +1,8 @@
 """Accuracy of the app's models on real CTs (and phantoms), through the server's own inference path.
 
     .venv/bin/python bench/accuracy.py [--quick] [--phantoms 6] [--shared-data ../shared/data]
-        [--weights-dir DIR] [--models NAME ...] [--json OUT.json] [--compare BASELINE.json] [--no-write]
+        [--weights-dir DIR] [--models NAME ...] [--variants NAME ...] [--json OUT.json] [--compare BASELINE.json]
+        [--no-write]
 
 Each real scan of `../shared/data` (two patients: `example_ct`, and the DICOM series) is evaluated as
 uploaded (written as NIfTI and decoded by the server's reader) and as robustness variants made from it:
@@ -15,7 +16,8 @@ bladder; ≥ 50 mL in the scan). A simulated user:
   Dice after every click.
 
 `--quick` evaluates the scans as they are (no variants) and one phantom; `--models segmentation_spleen` (or
-any subset) evaluates only those models and prints its report without writing it. The one place the
+any subset) evaluates only those models and `--variants ...` only those variants (also "1 mm slices", thin
+re-slicing, outside the recorded set); both print their report without writing it. The one place the
 real-CT variants are made: tests/test_segmentation_realct.py imports `real_cases()` and
 `evaluate_segmentation()`. Writes bench/results/accuracy.md and .png.
 """
@@ -76,12 +78,16 @@ REAL_SCANS = (
 
 class Variant(StrEnum):
     ORIGINAL = "original"
+    SLICES_1MM = "1 mm slices"  # thin re-slicing (interpolated): asked for with --variants, not in the issue's set
     SLICES_5MM = "5 mm slices"
     SLICES_7_5MM = "7.5 mm slices"
     PLUS_80HU = "+80 HU"
     MINUS_80HU = "-80 HU"
     FLIPPED = "flipped axes"
     OBLIQUE = "oblique"
+
+
+ISSUE_VARIANTS = tuple(v for v in Variant if v is not Variant.SLICES_1MM)  # what bench/results records
 
 
 @dataclass
@@ -154,6 +160,8 @@ def oblique(image: sitk.Image, labels: sitk.Image) -> tuple[sitk.Image, sitk.Ima
 
 def make_variant(image: sitk.Image, labels: sitk.Image, variant: Variant) -> tuple[sitk.Image, sitk.Image]:
     """The scan (and its labels) as the variant: another grid, or other intensities on the same grid."""
+    if variant == Variant.SLICES_1MM:
+        return thick_slices(image, labels, 1.0)
     if variant == Variant.SLICES_5MM:
         return thick_slices(image, labels, 5.0)
     if variant == Variant.SLICES_7_5MM:
@@ -178,7 +186,7 @@ def as_uploaded(image: sitk.Image, tmp: Path) -> sitk.Image:
 
 
 def real_cases(
-    shared: Path = SHARED_DATA, variants: Iterable[Variant] = tuple(Variant), patients: Iterable[str] | None = None
+    shared: Path = SHARED_DATA, variants: Iterable[Variant] = ISSUE_VARIANTS, patients: Iterable[str] | None = None
 ) -> Iterator[Case]:
     """Every real scan in `shared` (none when absent) as each variant, decoded as the server decodes it."""
     wanted = set(patients) if patients else None
@@ -450,6 +458,9 @@ def main() -> None:
     parser.add_argument("--patients", nargs="*", help="only these patients (example_ct, dicom)")
     parser.add_argument("--weights-dir", type=Path, help="weights <name>.pt to use instead of the app's model/")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="only these (prints only)")
+    parser.add_argument(
+        "--variants", nargs="+", type=Variant, choices=list(Variant), help="only these (prints only; '1 mm slices' too)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--compare", type=Path, help="a JSON of an earlier run: its means go in the summary")
     parser.add_argument("--merge", type=Path, nargs="+", help="report the rows of these --json files; evaluate nothing")
@@ -464,7 +475,7 @@ def main() -> None:
         command = "; ".join(f"{run['command']} (rows)" for run in runs)
     else:
         models = load_models(args.weights_dir, args.models)
-        variants = (Variant.ORIGINAL,) if args.quick else tuple(Variant)
+        variants = (Variant.ORIGINAL,) if args.quick else tuple(args.variants or ISSUE_VARIANTS)
         for name, image, truth in phantom_cases(1 if args.quick else args.phantoms):
             rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
         for case in real_cases(args.shared_data, variants, args.patients):
@@ -476,7 +487,7 @@ def main() -> None:
         baseline = summary([Row(**r) for r in json.loads(args.compare.read_text())["rows"]])
     report = markdown(rows, f".venv/bin/python {command}", args.note, baseline)
     print(report)
-    if not args.no_write and set(args.models) == set(MODELS):
+    if not args.no_write and set(args.models) == set(MODELS) and not args.variants:
         (RESULTS / "accuracy.md").write_text(report)
         plot(rows, RESULTS / "accuracy.png", f"Real CT, {datetime.date.today()}: Dice per organ and variant")
 
