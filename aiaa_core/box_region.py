@@ -12,7 +12,6 @@ MMARs/bundles run it too (its arguments are kept as attributes for the exporter)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -21,7 +20,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from .box_fit import OUTSIDE_SCORE
-from .click_region import accept_region, grow_region
+from .click_region import accept_region, check_window, grow_region
 from .keys import data_key
 from .tensors import bare
 
@@ -43,10 +42,7 @@ class GrowInPointsBoxd(MapTransform):
     ):
         super().__init__(keys)
         self.image_key, self.points_key = data_key(image_key, "image_key"), data_key(points_key, "points_key")
-        low, high = (float(w) for w in window) if len(window) == 2 else (math.nan, math.nan)
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
-            raise ValueError("'window' must be two finite HU values, low < high")
-        self.window = [low, high]
+        self.window = check_window(window)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -14,6 +14,7 @@ bridge) and keeps the foreground clicks' side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,14 +39,10 @@ def grow_region(
     if not foreground:
         return None
     smooth = ndimage.uniform_filter(np.asarray(hu, dtype=np.float32), size=3)
-    seed = np.asarray(foreground[0], dtype=int)
-    window = tuple(slice(max(0, c - SEED_RADIUS), c + SEED_RADIUS + 1) for c in seed)
-    values = smooth[window].ravel()
-    median = float(np.median(values))
-    sigma = 1.4826 * float(np.median(np.abs(values - median)))
-    if sigma > MAX_SIGMA_HU:
+    tissue = tissue_band(smooth, foreground[0])
+    if tissue is None:
         return None
-    tolerance = max(SIGMA_TOLERANCE * sigma, MIN_TOLERANCE_HU)
+    median, tolerance = tissue
     band = np.abs(smooth - median) <= tolerance
     band = ndimage.binary_opening(band)  # cut one-voxel bridges to neighbours
     components, _ = ndimage.label(band)
@@ -58,6 +55,27 @@ def grow_region(
     region = ndimage.binary_dilation(region, mask=rim) | region
     inside = [p for p in np.asarray(background, dtype=int).reshape(-1, 3) if region[tuple(p)]]
     return split_off(region, foreground, inside) if inside else region
+
+
+def tissue_band(smooth: np.ndarray, seed: Sequence[int]) -> tuple[float, float] | None:
+    """(median, tolerance) in HU of the tissue around `seed` on the smoothed crop `smooth`: robust
+    statistics of the voxels within `SEED_RADIUS`; None where they are textured (spread over `MAX_SIGMA_HU`)."""
+    window = tuple(slice(max(0, int(c) - SEED_RADIUS), int(c) + SEED_RADIUS + 1) for c in seed)
+    values = smooth[window].ravel()
+    median = float(np.median(values))
+    sigma = 1.4826 * float(np.median(np.abs(values - median)))
+    if sigma > MAX_SIGMA_HU:
+        return None
+    return median, max(SIGMA_TOLERANCE * sigma, MIN_TOLERANCE_HU)
+
+
+def check_window(window: Sequence[float]) -> list[float]:
+    """A CT window (low, high HU) that scaled a crop to [0, 1], so a transform can read its HU back
+    (uploaded configs set it too: two finite numbers, low < high)."""
+    low, high = (float(w) for w in window) if len(window) == 2 else (math.nan, math.nan)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError("'window' must be two finite HU values, low < high")
+    return [low, high]
 
 
 def split_off(region: np.ndarray, foreground, background) -> np.ndarray:

@@ -19,6 +19,7 @@ from .keys import PRED_BOX  # data key: the box outside which the pasted mask is
 from .mask_geometry import largest_component  # the one rule, shared with accuracy scoring
 from .spleen_component import KeepPlausibleSpleend
 from .tensors import bare
+from .tissue_trim import TrimToTissued
 
 # The public names; an uploaded config may name these transforms as `aiaa.transforms.<name>` (the server's
 # allow-list, server/model_formats/names.py, looks them up in __all__ and nowhere else).
@@ -33,6 +34,7 @@ __all__ = [
     "PasteCropd",
     "PointHeatmapsd",
     "RestoreGeometryd",
+    "TrimToTissued",
     "crop_box",
     "largest_component",
     "point_heatmap",

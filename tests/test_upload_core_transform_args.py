@@ -13,6 +13,8 @@ BAD = [
     ("GrowInPointsBoxd", {"window": [600, -400]}),
     ("GrowInPointsBoxd", {"window": [-400, "inf"]}),
     ("GrowInPointsBoxd", {"image_key": {"a": 1}}),
+    ("TrimToTissued", {"window": [600, -400]}),
+    ("TrimToTissued", {"image_key": {"a": 1}}),
     ("FitToPointsBoxd", {"points_key": {"a": 1}}),
     ("FitToPointsBoxd", {"points_key": "x" * 65}),
     ("KeepPlausibleSpleend", {"ref_image": 3}),
@@ -31,9 +33,11 @@ def test_the_exported_arguments_build():
         [
             {"name": "aiaa.transforms.FitToPointsBoxd", "args": {"keys": "pred", "points_key": "points"}},
             {"name": "aiaa.transforms.GrowInPointsBoxd", "args": {"keys": "pred", "window": [-400, 600]}},
+            {"name": "aiaa.transforms.TrimToTissued", "args": {"keys": "pred", "window": [-400, 600]}},
             {"name": "aiaa.transforms.KeepPlausibleSpleend", "args": {"keys": "pred", "ref_image": "image"}},
         ],
         "post_transforms",
     )
-    assert [type(t).__name__ for t in built] == ["FitToPointsBoxd", "GrowInPointsBoxd", "KeepPlausibleSpleend"]
+    names = ["FitToPointsBoxd", "GrowInPointsBoxd", "TrimToTissued", "KeepPlausibleSpleend"]
+    assert [type(t).__name__ for t in built] == names
     assert built[1].window == [-400.0, 600.0]

@@ -12,9 +12,9 @@ import torch
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from aiaa_core.click_region import accept_region, grow_region, split_off
-from aiaa_core.transforms import ZOOM_BOX, CropAroundPointsd, bare
+from aiaa_core.transforms import ZOOM_BOX, CropAroundPointsd, TrimToTissued, bare
 
-from .interactive import UNCROPPED, InteractiveTask
+from .interactive import CT_WINDOW, UNCROPPED, InteractiveTask
 
 REGION_SCORE = 4.0  # the logit margin given to the grown region's inside (and minus it outside)
 REGION_VOXEL_MM = 3.2  # the region crop's voxel size where it fits in REGION_MAX_VOXELS
@@ -33,7 +33,8 @@ class DeepGrow3D(InteractiveTask):
     After the network, an intensity region grown from the clicks on a crop `region_margin_mm` wider on
     each side is added to its mask where the two agree (`aiaa_core.click_region`): the network under-segments large
     organs. The region crop has `REGION_VOXEL_MM` voxels (coarser only past `REGION_MAX_VOXELS`), so its
-    resolution does not fall as clicks spread the network's crop.
+    resolution does not fall as clicks spread the network's crop. The mask is then trimmed to the tissue of
+    its core (`aiaa_core.tissue_trim`), on whichever of the two crops it lies.
     """
 
     task_type = InferType.DEEPGROW
@@ -54,6 +55,10 @@ class DeepGrow3D(InteractiveTask):
     def __init__(self, path, network, **kwargs):
         super().__init__(path, network, **kwargs)
         self.first_clicks = FirstClickChoices()
+
+    def post_transforms(self, data=None):
+        # Trimmed to the clicked tissue (`aiaa_core.tissue_trim`), on the crop, so exports run it too.
+        return [TrimToTissued(keys="pred", image_key="image", window=CT_WINDOW), *super().post_transforms(data)]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         data = super().run_inferer(data, convert_to_batch, device)
@@ -135,6 +140,8 @@ class DeepGrow3D(InteractiveTask):
         refined = torch.from_numpy(np.where(region, REGION_SCORE, -REGION_SCORE).astype(np.float32))
         data[self.output_label_key] = torch.stack([torch.zeros_like(refined), refined])
         data["crop_box"] = crop["crop_box"]
+        low, high = CT_WINDOW  # the crop the result now lies on, windowed as the network's input was
+        data["image"] = ((bare(crop["image"]).float() - low) / (high - low)).clamp(0.0, 1.0)
         data["region_grown"] = True
         return data
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from aiaa_core.phantoms import LABELS
-from aiaa_core.transforms import FitToPointsBoxd, GrowInPointsBoxd
+from aiaa_core.transforms import FitToPointsBoxd, GrowInPointsBoxd, TrimToTissued
 
 from .interactive import CT_WINDOW, InteractiveTask
 
@@ -18,7 +18,8 @@ class ExtremePoints(InteractiveTask):
     The points bound the object, so the mask is fitted to their box (`aiaa_core.box_fit`): nothing outside it
     (one crop voxel of tolerance), and the threshold lowered step by step until the mask reaches each of
     the box's six faces, as the object does by definition of its extreme points. Then an intensity
-    region grown from the mask's core within the box is added where it agrees (`aiaa_core.box_region`).
+    region grown from the mask's core within the box is added where it agrees (`aiaa_core.box_region`),
+    and the result is trimmed to the tissue of its core (`aiaa_core.tissue_trim`: spills into fat or lung).
     """
 
     task_type = InferType.ANNOTATION
@@ -46,5 +47,6 @@ class ExtremePoints(InteractiveTask):
         return [
             FitToPointsBoxd(keys="pred", points_key="points"),
             GrowInPointsBoxd(keys="pred", image_key="image", points_key="points", window=CT_WINDOW),
+            TrimToTissued(keys="pred", image_key="image", window=CT_WINDOW),
             *super().post_transforms(data),
         ]
