@@ -7,10 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import REPO_ROOT
 from scipy import ndimage
 
 from aiaa_core.tissue_trim import DROPPED_SCORE, TrimToTissued, tissue_part, trim_to_tissue
 from aiaa_core.transforms import __all__ as core_transforms
+from server.registry import load_app_models
 
 WINDOW = (-400.0, 600.0)
 SHAPE = (48, 48, 48)
@@ -85,3 +87,11 @@ def test_the_transform_lowers_only_the_dropped_voxels():
     assert np.all(new[dropped] == DROPPED_SCORE)
     assert np.array_equal(new[~dropped], score[~dropped])
     assert "TrimToTissued" in core_transforms  # uploaded configs and exports may name it
+
+
+def test_both_click_models_trim_their_masks():
+    """The app's click tasks run the trim (and so do their exports, which list the same post-transforms)."""
+    tasks = {m.name: m.task for m in load_app_models(REPO_ROOT / "apps" / "spleen")}
+    for name in ("extreme_points", "deepgrow_3d"):
+        assert any(isinstance(t, TrimToTissued) for t in tasks[name].post_transforms()), name
+    assert not any(isinstance(t, TrimToTissued) for t in tasks["segmentation_spleen"].post_transforms())
