@@ -20,7 +20,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from .box_fit import OUTSIDE_SCORE
-from .click_region import accept_region, check_window, grow_region
+from .click_region import accept_region, check_window, grow_region, window_to_hu
 from .keys import data_key
 from .tensors import bare
 
@@ -50,7 +50,7 @@ class GrowInPointsBoxd(MapTransform):
         if len(points) < 2 or self.image_key not in d:
             return d
         image = bare(d[self.image_key]).float()
-        hu = image[0].numpy() * (self.window[1] - self.window[0]) + self.window[0]
+        hu = window_to_hu(image[0].numpy(), self.window)
         for key in self.key_iterator(d):
             d[key] = grow_in_box(bare(d[key]).float(), hu, points)
         return d

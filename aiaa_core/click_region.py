@@ -78,6 +78,11 @@ def check_window(window: Sequence[float]) -> list[float]:
     return [low, high]
 
 
+def window_to_hu(scaled: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """The HU of a crop that the CT `window` scaled to [0, 1] (clipped voxels come back at its ends)."""
+    return scaled * (window[1] - window[0]) + window[0]
+
+
 def split_off(region: np.ndarray, foreground, background) -> np.ndarray:
     """The foreground clicks' part of `region` after a watershed (on the distance to its boundary) seeded
     by the foreground (1) and background (2) clicks: the cut runs along the region's narrow parts."""

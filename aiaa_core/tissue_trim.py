@@ -24,7 +24,7 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-from .click_region import EDGE_TOLERANCE, SEED_RADIUS, check_window, tissue_band
+from .click_region import EDGE_TOLERANCE, SEED_RADIUS, check_window, tissue_band, window_to_hu
 from .keys import data_key
 from .tensors import bare
 
@@ -52,7 +52,7 @@ class TrimToTissued(MapTransform):
         if self.image_key not in d:
             return d
         image = bare(d[self.image_key]).float()
-        hu = image[0].numpy() * (self.window[1] - self.window[0]) + self.window[0]
+        hu = window_to_hu(image[0].numpy(), self.window)
         for key in self.key_iterator(d):
             logits = bare(d[key]).float()
             if tuple(logits.shape[1:]) == hu.shape:  # only on the image's own grid

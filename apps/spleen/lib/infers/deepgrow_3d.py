@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from monai.transforms import ScaleIntensityRange
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from aiaa_core.click_region import accept_region, grow_region, split_off
@@ -140,8 +141,8 @@ class DeepGrow3D(InteractiveTask):
         refined = torch.from_numpy(np.where(region, REGION_SCORE, -REGION_SCORE).astype(np.float32))
         data[self.output_label_key] = torch.stack([torch.zeros_like(refined), refined])
         data["crop_box"] = crop["crop_box"]
-        low, high = CT_WINDOW  # the crop the result now lies on, windowed as the network's input was
-        data["image"] = ((bare(crop["image"]).float() - low) / (high - low)).clamp(0.0, 1.0)
+        # The crop the result now lies on, windowed as the network's input was (the trim reads its HU back).
+        data["image"] = ScaleIntensityRange(*CT_WINDOW, b_min=0.0, b_max=1.0, clip=True)(bare(crop["image"]).float())
         data["region_grown"] = True
         return data
 
