@@ -6,8 +6,11 @@ it: seeded at the deepest voxel of the network's mask (its most confident core, 
 partial volume), grown over the whole crop but rejected when more than `MAX_OUTSIDE_SHARE` of it lies
 beyond the points' box (the extreme points bound the object, so such a region has leaked into a neighbour
 of the same intensity), then limited to the box and added only when the seed's tissue is homogeneous and
-the region agrees with the network (`accept_region`). A post-transform after `FitToPointsBoxd`, so exported
-MMARs/bundles run it too (its arguments are kept as attributes for the exporter).
+the region agrees with the network (`accept_region`). Deepgrow's lower bound on the region's size
+(`MIN_GROWTH`: one barely larger than the network's mask adds risk only) does not apply here: inside the
+points' box a region cannot run far, and a network 20 % short of a liver or spleen is what the step is for.
+A post-transform after `FitToPointsBoxd`, so exported MMARs/bundles run it too (its arguments are kept as
+attributes for the exporter).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .tensors import bare
 
 REGION_SCORE = 4.0  # the logit margin given to the union's inside (and minus it outside), as deepgrow's
 MAX_OUTSIDE_SHARE = 0.25  # the points bound the object: a region with over a quarter beyond their box leaked
+BOX_MIN_GROWTH = 1.0  # any region larger than the network's mask may complete it: the box bounds a leak
 
 
 class GrowInPointsBoxd(MapTransform):
@@ -72,7 +76,7 @@ def grow_in_box(logits: torch.Tensor, hu: np.ndarray, points: np.ndarray) -> tor
     if grown is None:
         return logits
     region = grown[box]
-    if region.sum() < (1.0 - MAX_OUTSIDE_SHARE) * grown.sum() or not accept_region(region, network):
+    if region.sum() < (1.0 - MAX_OUTSIDE_SHARE) * grown.sum() or not accept_region(region, network, BOX_MIN_GROWTH):
         return logits
     union = torch.from_numpy(region | network)
     fitted = torch.full_like(score, OUTSIDE_SCORE)

@@ -95,10 +95,11 @@ def split_off(region: np.ndarray, foreground, background) -> np.ndarray:
     return watershed(-depth, markers, mask=region) == 1
 
 
-def accept_region(region: np.ndarray | None, network: np.ndarray) -> bool:
-    """Does the grown region agree with the network's mask (both on one grid) well enough to be added to it?"""
+def accept_region(region: np.ndarray | None, network: np.ndarray, min_growth: float = MIN_GROWTH) -> bool:
+    """Does the grown region agree with the network's mask (both on one grid) well enough to be added to it?
+    `min_growth`: the smallest region, as a multiple of the network's mask, worth the risk of adding."""
     if region is None or not network.any():
         return False
     agreement = (region & network).sum() / min(region.sum(), network.sum())
     growth = region.sum() / network.sum()
-    return bool(agreement >= MIN_AGREEMENT and MIN_GROWTH <= growth <= MAX_GROWTH)
+    return bool(agreement >= MIN_AGREEMENT and min_growth <= growth <= MAX_GROWTH)

@@ -244,6 +244,24 @@ def test_extreme_points_region_completes_the_core_within_the_box():
     assert mask.sum() < 1.2 * 20**3  # and little else
 
 
+def test_extreme_points_region_completes_a_mask_a_little_short_of_the_object():
+    """Inside the points' box the region is taken even when barely larger than the network's mask (deepgrow's
+    `MIN_GROWTH` of 1.3 would refuse this 1.2× region): the box, not the growth, bounds a leak."""
+    hu = np.full((40, 40, 40), -100.0, dtype=np.float32)
+    hu[10:30, 10:30, 10:30] = 60.0
+    score = -torch.ones(hu.shape)
+    score[10:30, 10:30, 10:27] = 1.0  # the network stops three voxels short along k
+    points = np.array([[10, 20, 20], [29, 20, 20], [20, 10, 20], [20, 29, 20], [20, 20, 10], [20, 20, 29]])
+    logits = torch.stack([torch.zeros_like(score), score])
+    network = (score > 0).numpy()
+    region = np.zeros_like(network)
+    region[10:30, 10:30, 10:30] = True
+    assert not accept_region(region, network)  # deepgrow's rule: too little growth to be worth it
+    mask = (lambda out: (out[1] - out[0]) > 0)(grow_in_box(logits, hu, points))
+    assert mask[10:30, 10:30, 27:30].float().mean() > 0.7  # completed towards the box's far face (network: 0)
+    assert mask.sum() < 1.2 * 20**3
+
+
 def test_extreme_points_region_rejected_when_it_leaks_beyond_the_box():
     hu = np.full((40, 40, 40), -100.0, dtype=np.float32)
     hu[10:30, 10:30, 10:30] = 60.0
