@@ -10,8 +10,7 @@ Hollow and mixed organs are left whole: a hole the trim opens inside the mask in
 in a stomach, a vessel in a liver) is filled again, so only what lies on the mask's outside goes. A textured
 core (a kidney, a bowel loop) is left to the network, and so are an air-filled object (a core under
 `MIN_CORE_HU`: lung, a gas-filled lumen) and a mask the trim would halve (its core is then not the
-object's tissue). A part the trim would cut off is kept when it holds a foreground click
-(`points_key`): the user said that voxel is the object.
+object's tissue).
 
 A post-transform on the crop's logits (`TrimToTissued`), so exported MMARs and bundles run it too.
 """
@@ -41,20 +40,12 @@ MIN_CORE_HU = -200.0  # a core below this is gas or lung: an air-filled object, 
 
 class TrimToTissued(MapTransform):
     """The mask (score > 0) of `keys` trimmed to the tissue of its core (`tissue_part`). `window` is the CT
-    window that scaled `image_key`'s first channel to [0, 1] (so its HU can be read back); `points_key`, if
-    given, holds foreground clicks ([[i, j, k], ...] on the same grid) whose parts are kept."""
+    window that scaled `image_key`'s first channel to [0, 1] (so its HU can be read back)."""
 
-    def __init__(
-        self,
-        keys="pred",
-        image_key: str = "image",
-        window: Sequence[float] = (-400.0, 600.0),
-        points_key: str | None = None,
-    ):
+    def __init__(self, keys="pred", image_key: str = "image", window: Sequence[float] = (-400.0, 600.0)):
         super().__init__(keys)
         self.image_key = data_key(image_key, "image_key")
         self.window = check_window(window)
-        self.points_key = None if points_key is None else data_key(points_key, "points_key")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -62,31 +53,27 @@ class TrimToTissued(MapTransform):
             return d
         image = bare(d[self.image_key]).float()
         hu = window_to_hu(image[0].numpy(), self.window)
-        clicks = d.get(self.points_key) if self.points_key else None
-        clicks = np.asarray(clicks or [], dtype=int).reshape(-1, 3)
         for key in self.key_iterator(d):
             logits = bare(d[key]).float()
             if tuple(logits.shape[1:]) == hu.shape:  # only on the image's own grid
-                d[key] = trim_to_tissue(logits, hu, clicks)
+                d[key] = trim_to_tissue(logits, hu)
         return d
 
 
-def trim_to_tissue(logits: torch.Tensor, hu: np.ndarray, clicks: np.ndarray | None = None) -> torch.Tensor:
-    """`logits` (two channels or one score) with the voxels outside the core's tissue set to background,
-    except the parts holding one of the foreground `clicks` (N×3 voxel indices of the grid)."""
+def trim_to_tissue(logits: torch.Tensor, hu: np.ndarray) -> torch.Tensor:
+    """`logits` (two channels or one score) with the voxels outside the core's tissue set to background."""
     score = logits[1] - logits[0] if logits.shape[0] == 2 else logits[0]
     mask = score.numpy() > 0
-    kept = tissue_part(mask, hu, clicks)
+    kept = tissue_part(mask, hu)
     if kept is None:
         return logits
     trimmed = torch.where(torch.from_numpy(mask & ~kept), torch.tensor(DROPPED_SCORE), score)
     return torch.stack([torch.zeros_like(trimmed), trimmed])
 
 
-def tissue_part(mask: np.ndarray, hu: np.ndarray, clicks: np.ndarray | None = None) -> np.ndarray | None:
-    """The part of `mask` of its core's tissue (and of the tissue's parts holding a foreground click), holes
-    in any plane filled back; None when nothing is dropped, the mask is empty, its core is textured or air,
-    or the part is not most of the mask."""
+def tissue_part(mask: np.ndarray, hu: np.ndarray) -> np.ndarray | None:
+    """The part of `mask` of its core's tissue, holes in any plane filled back; None when nothing is
+    dropped, the mask is empty, its core is textured or air, or the part is not most of the mask."""
     if not mask.any():
         return None
     voxels = np.argwhere(mask)  # work within the mask's box (a voxel wider): the cost follows the object
@@ -95,7 +82,9 @@ def tissue_part(mask: np.ndarray, hu: np.ndarray, clicks: np.ndarray | None = No
     step = 2 if min(inside.shape) >= 8 else 1  # the core is found on every other voxel: 8× less work
     depth = ndimage.distance_transform_edt(inside[::step, ::step, ::step])
     seed = tuple(int(c) * step for c in np.unravel_index(int(np.argmax(depth)), depth.shape))
-    tissue = band_at(values, seed)
+    near = tuple(slice(max(c - SEED_RADIUS - 1, 0), c + SEED_RADIUS + 2) for c in seed)  # smoothed only here
+    centre = [c - n.start for c, n in zip(seed, near, strict=True)]
+    tissue = tissue_band(ndimage.uniform_filter(values[near], size=3), centre)
     if tissue is None or tissue[0] < MIN_CORE_HU:
         return None
     median, tolerance = tissue
@@ -105,15 +94,6 @@ def tissue_part(mask: np.ndarray, hu: np.ndarray, clicks: np.ndarray | None = No
     components, _ = ndimage.label(same, np.ones((3, 3, 3)))
     # Its boundary voxels are partial volume with the neighbour (the trimmed tissue): one voxel is given back.
     kept = ndimage.binary_dilation(components == components[seed], np.ones((3, 3, 3))) & inside
-    local = np.asarray(clicks if clicks is not None else [], dtype=int).reshape(-1, 3) - [b.start for b in box]
-    local = local[((local >= 0) & (local < inside.shape)).all(axis=1)]
-    for click in local[~kept[tuple(local.T)]]:  # a dropped voxel clicked: its tissue's part goes back
-        band = band_at(values, click)
-        if band is not None:
-            own = inside & ~kept & (np.abs(values - band[0]) <= EDGE_TOLERANCE * band[1])
-            parts, _ = ndimage.label(own, np.ones((3, 3, 3)))
-            if parts[tuple(click)]:
-                kept |= parts == parts[tuple(click)]
     for plane in IN_PLANE:  # give back what the trim opened inside the mask, plane by plane
         kept |= ndimage.binary_fill_holes(kept, structure=plane) & inside
     if kept.sum() <= (1.0 - MAX_DROPPED_SHARE) * inside.sum() or np.array_equal(kept, inside):
@@ -121,11 +101,3 @@ def tissue_part(mask: np.ndarray, hu: np.ndarray, clicks: np.ndarray | None = No
     whole = np.zeros_like(mask)
     whole[box] = kept
     return whole
-
-
-def band_at(values: np.ndarray, point) -> tuple[float, float] | None:
-    """`click_region.tissue_band` around `point` of `values` (HU), smoothed only there."""
-    near = tuple(slice(max(int(c) - SEED_RADIUS - 1, 0), int(c) + SEED_RADIUS + 2) for c in point)
-    return tissue_band(
-        ndimage.uniform_filter(values[near], size=3), [int(c) - n.start for c, n in zip(point, near, strict=True)]
-    )

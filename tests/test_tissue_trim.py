@@ -73,19 +73,13 @@ def test_the_mask_is_left_as_it_is_when_its_core_is_not_its_tissue(case):
     assert torch.equal(trim_to_tissue(logits, hu), logits)
 
 
-def spilled_organ():
-    """An organ, CT around it, a network's spill into the fat and lung, its score and the transform's inputs."""
+def test_the_transform_lowers_only_the_dropped_voxels():
     organ = ball((24, 24, 22), 11)
     hu = ct(organ)
     spill = ball((24, 24, 34), 9) & ~organ
     score = np.where(organ | spill, 2.5, -1.0).astype(np.float32)
     pred = torch.stack([torch.zeros(SHAPE), torch.from_numpy(score)])
     image = torch.from_numpy(np.clip((hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0]), 0, 1))[None]
-    return organ, hu, spill, score, pred, image
-
-
-def test_the_transform_lowers_only_the_dropped_voxels():
-    organ, _, spill, score, pred, image = spilled_organ()
     out = TrimToTissued(keys="pred", image_key="image", window=WINDOW)({"pred": pred, "image": image})["pred"]
     new = (out[1] - out[0]).numpy()
     dropped = (score > 0) & (new <= 0)
@@ -95,28 +89,9 @@ def test_the_transform_lowers_only_the_dropped_voxels():
     assert "TrimToTissued" in core_transforms  # uploaded configs and exports may name it
 
 
-def test_a_part_holding_a_foreground_click_is_kept():
-    """The user clicked in a part of another tissue that the trim would drop: that tissue's part stays."""
-    organ, hu, spill, _, pred, image = spilled_organ()
-    click = [24, 24, 38]  # in the spill, beyond the partial-volume voxel
-    assert hu[tuple(click)] < -50 and spill[tuple(click)]
-    trim = TrimToTissued(keys="pred", image_key="image", window=WINDOW, points_key="foreground")
-    unclicked = trim({"pred": pred, "image": image, "foreground": [[24, 24, 22]]})["pred"]
-    clicked = trim({"pred": pred, "image": image, "foreground": [[24, 24, 22], click]})["pred"]
-    assert (unclicked[1] - unclicked[0])[tuple(click)] <= 0  # dropped without the click
-    kept = ((clicked[1] - clicked[0]) > 0).numpy()
-    assert kept[tuple(click)] and (kept & organ).sum() >= 0.99 * organ.sum()
-    far = beyond_partial_volume(spill, organ)
-    lung = far & (hu < -500)
-    assert kept[lung].mean() > 0.9  # the clicked tissue's part, not a voxel
-    assert kept[far & (hu > -500)].mean() < 0.1  # the fat spill beside it, another tissue, stays dropped
-
-
 def test_both_click_models_trim_their_masks():
     """The app's click tasks run the trim (and so do their exports, which list the same post-transforms)."""
     tasks = {m.name: m.task for m in load_app_models(REPO_ROOT / "apps" / "spleen")}
     for name in ("extreme_points", "deepgrow_3d"):
         assert any(isinstance(t, TrimToTissued) for t in tasks[name].post_transforms()), name
-    trims = [t for t in tasks["deepgrow_3d"].post_transforms() if isinstance(t, TrimToTissued)]
-    assert trims[0].points_key == "foreground"  # deepgrow's clicked parts are kept
     assert not any(isinstance(t, TrimToTissued) for t in tasks["segmentation_spleen"].post_transforms())

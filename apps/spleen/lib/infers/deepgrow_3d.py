@@ -58,10 +58,8 @@ class DeepGrow3D(InteractiveTask):
         self.first_clicks = FirstClickChoices()
 
     def post_transforms(self, data=None):
-        # Trimmed to the clicked tissue (`aiaa_core.tissue_trim`), on the crop, so exports run it too; the parts
-        # holding a foreground click are kept whatever their tissue.
-        trim = TrimToTissued(keys="pred", image_key="image", window=CT_WINDOW, points_key="foreground")
-        return [trim, *super().post_transforms(data)]
+        # Trimmed to the clicked tissue (`aiaa_core.tissue_trim`), on the crop, so exports run it too.
+        return [TrimToTissued(keys="pred", image_key="image", window=CT_WINDOW), *super().post_transforms(data)]
 
     def run_inferer(self, data, convert_to_batch=True, device="cuda"):
         data = super().run_inferer(data, convert_to_batch, device)
@@ -145,7 +143,6 @@ class DeepGrow3D(InteractiveTask):
         data["crop_box"] = crop["crop_box"]
         # The crop the result now lies on, windowed as the network's input was (the trim reads its HU back).
         data["image"] = ScaleIntensityRange(*CT_WINDOW, b_min=0.0, b_max=1.0, clip=True)(bare(crop["image"]).float())
-        data["foreground"] = crop["foreground"]  # the clicks on that crop (the trim keeps their parts)
         data["region_grown"] = True
         return data
 
