@@ -21,9 +21,6 @@ SHARED_DATA = Path(__file__).resolve().parents[4].parent / "shared" / "data"  # 
 PHANTOM_FOV_MM = (360.0, 300.0, 220.0)
 VALIDATION_SEED_OFFSET = 100_000  # validation phantoms use seeds from here on, never used in training
 
-# TotalSegmentator "total" labels of the real CTs kept out of training: the organs the README reports
-# accuracy on (spleen, left kidney, liver, stomach), so that report is not measured on training data.
-REAL_HELD_OUT = {1: "spleen", 3: "kidney_left", 5: "liver", 6: "stomach"}
 REAL_CASES = (
     ("totalseg/example_ct.nii.gz", "totalseg/example_seg_fast_force_split.nii.gz"),
     ("totalseg/example_ct_dicom", "totalseg/example_seg_dicom.nii.gz"),
