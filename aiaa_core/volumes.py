@@ -154,3 +154,21 @@ def to_metatensor(image: sitk.Image) -> MetaTensor:
     (Fortran) order: a C-ordered copy of a 512×512×100 CT costs about a second on 2 cores.
     """
     return MetaTensor(torch.from_numpy(to_array(image))[None], affine=torch.from_numpy(ras_affine(image)))
+
+
+GRID_TOLERANCE = 1e-3  # relative: spacing, origin and direction must agree to this (float32 NIfTI headers)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """Do two images lie on one voxel grid (size, spacing, origin, direction; to float32 header precision)?"""
+    if a.GetSize() != b.GetSize():
+        return False
+    scale = max(1.0, *map(abs, a.GetSpacing()), *map(abs, a.GetOrigin()))
+    return all(
+        np.allclose(x, y, rtol=GRID_TOLERANCE, atol=GRID_TOLERANCE * s)
+        for x, y, s in (
+            (a.GetSpacing(), b.GetSpacing(), 1.0),
+            (a.GetOrigin(), b.GetOrigin(), scale),
+            (a.GetDirection(), b.GetDirection(), 1.0),
+        )
+    )

@@ -25,7 +25,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
-from aiaa_core.volumes import to_array
+from aiaa_core.volumes import same_grid, to_array
 
 from ..errors import BadRequest, NotFound
 
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 TAG = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SUFFIX = ".nii.gz"
-GRID_TOLERANCE = 1e-3  # relative: spacing, origin and direction must agree to this (float32 NIfTI headers)
 MAX_LABEL_VALUE = 255  # labels are stored as uint8
 STRATEGIES = {"random": Random, "first": First}  # MONAI Label's own active-learning strategies
 
@@ -69,20 +68,6 @@ def content_id(image: sitk.Image) -> str:
         digest.update(repr(part).encode())
     digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).tobytes())
     return "img-" + digest.hexdigest()[:20]
-
-
-def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    if a.GetSize() != b.GetSize():
-        return False
-    scale = max(1.0, *map(abs, a.GetSpacing()), *map(abs, a.GetOrigin()))
-    return all(
-        np.allclose(x, y, rtol=GRID_TOLERANCE, atol=GRID_TOLERANCE * s)
-        for x, y, s in (
-            (a.GetSpacing(), b.GetSpacing(), 1.0),
-            (a.GetOrigin(), b.GetOrigin(), scale),
-            (a.GetDirection(), b.GetDirection(), 1.0),
-        )
-    )
 
 
 class AnnotationStore:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from aiaa_core.volumes import same_grid
+
 CT_FILE = "ct.nii.gz"
 MASKS_DIR = "segmentations"
 META_FILE = "meta.csv"
@@ -99,15 +101,6 @@ def label_map(folder: Path, ct: sitk.Image, values: dict[str, int]) -> tuple[sit
     image = sitk.GetImageFromArray(labels)
     image.CopyInformation(ct)
     return image, overlaps
-
-
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )
 
 
 def import_totalsegmentator(
