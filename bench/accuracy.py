@@ -1,6 +1,6 @@
 """Accuracy of the app's models on real CTs (and phantoms), through the server's own inference path.
 
-    .venv/bin/python bench/accuracy.py [--quick] [--phantoms 6] [--shared-data ../shared/data]
+    .venv/bin/python bench/accuracy.py [--quick] [--phantoms 6] [--shared-data ../shared/data] [--studies DIR]
         [--weights-dir DIR] [--models NAME ...] [--variants NAME ...] [--json OUT.json] [--compare BASELINE.json]
         [--no-write]
 
@@ -17,7 +17,9 @@ bladder; ≥ 50 mL in the scan). A simulated user:
 
 `--quick` evaluates the scans as they are (no variants) and one phantom; `--models segmentation_spleen` (or
 any subset) evaluates only those models and `--variants ...` only those variants (also "1 mm slices", thin
-re-slicing, outside the recorded set); both print their report without writing it. The one place the
+re-slicing, outside the recorded set); both print their report without writing it. `--studies DATASTORE`
+evaluates the subjects of a datastore written by `aiaa import-totalseg` (many patients, e.g. the
+TotalSegmentator dataset's test split) instead of `../shared/data`, and prints only. The one place the
 real-CT variants are made: tests/test_segmentation_realct.py imports `real_cases()` and
 `evaluate_segmentation()`. Writes bench/results/accuracy.md and .png.
 """
@@ -62,18 +64,50 @@ TARGETS = {"extreme_points": 0.88, "deepgrow_1": 0.80, "deepgrow_5": 0.90, "segm
 
 @dataclass(frozen=True)
 class RealScan:
-    """One patient's CT and its TotalSegmentator label map (paths under the shared data folder)."""
+    """One patient's CT (a file or a DICOM folder) and its label map; `organs`: the map's values of the large
+    organs and their names."""
 
     patient: str
-    image: str
-    labels: str
+    image: Path
+    labels: Path
+    organs: dict[int, str] = field(default_factory=lambda: dict(LARGE_ORGANS))
 
 
-# Distinct patients only: example_ct_sm is the top of example_ct.
-REAL_SCANS = (
-    RealScan("example_ct", "totalseg/example_ct.nii.gz", "totalseg/example_seg_fast_force_split.nii.gz"),
-    RealScan("dicom", "totalseg/example_ct_dicom", "totalseg/example_seg_dicom.nii.gz"),
-)
+def shared_scans(shared: Path) -> list[RealScan]:
+    """The patients of `../shared/data` that are there. Distinct patients only: example_ct_sm is the top of
+    example_ct."""
+    scans = (
+        RealScan(
+            "example_ct", shared / "totalseg/example_ct.nii.gz", shared / "totalseg/example_seg_fast_force_split.nii.gz"
+        ),
+        RealScan("dicom", shared / "totalseg/example_ct_dicom", shared / "totalseg/example_seg_dicom.nii.gz"),
+    )
+    return [scan for scan in scans if scan.image.exists()]
+
+
+DATASTORE_LABELS = "totalseg_labels.json"  # structure name -> label value, written by `aiaa import-totalseg`
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def datastore_scans(datastore: Path) -> list[RealScan]:
+    """Every labelled subject of a datastore written by `aiaa import-totalseg` (many patients, e.g. the
+    TotalSegmentator dataset's test split: `--split test`), its large organs found by structure name."""
+    names = datastore / DATASTORE_LABELS
+    if not names.is_file():
+        raise SystemExit(f"{names} is missing: write the datastore with `aiaa import-totalseg SOURCE {datastore}`")
+    values = json.loads(names.read_text())["labels"]
+    organs = {int(values[name]): name for name in LARGE_ORGANS.values() if name in values}
+    scans = []
+    for label in sorted((datastore / "labels" / "final").glob("*")):
+        suffix = next((s for s in IMAGE_SUFFIXES if label.name.endswith(s)), None)
+        subject = label.name.removesuffix(suffix) if suffix else None
+        images = [datastore / f"{subject}{s}" for s in IMAGE_SUFFIXES] if subject else []
+        image = next((path for path in images if path.is_file()), None)
+        if image is not None:
+            scans.append(RealScan(subject, image, label, organs))
+    if not scans:
+        raise SystemExit(f"no subject of {datastore} has both an image and labels/final/<subject>")
+    return scans
 
 
 class Variant(StrEnum):
@@ -98,25 +132,25 @@ class Case:
     variant: Variant
     image: sitk.Image
     labels: np.ndarray  # [i, j, k], TotalSegmentator values
+    organ_values: dict[int, str] = field(default_factory=lambda: dict(LARGE_ORGANS))
 
     @property
     def spacing(self) -> tuple[float, ...]:
         return self.image.GetSpacing()
 
-    def organs(self, values: dict[int, str] = LARGE_ORGANS, min_ml: float = MIN_ORGAN_ML) -> dict[str, np.ndarray]:
-        """The organs of `values` present with at least `min_ml` in this scan, as boolean masks."""
+    def organs(self, min_ml: float = MIN_ORGAN_ML) -> dict[str, np.ndarray]:
+        """The large organs present with at least `min_ml` in this scan, as boolean masks."""
         voxel_ml = float(np.prod(self.spacing)) / 1000.0
-        masks = {name: self.labels == value for value, name in values.items()}
+        masks = {name: self.labels == value for value, name in self.organ_values.items()}
         return {name: mask for name, mask in masks.items() if mask.sum() * voxel_ml >= min_ml}
 
 
 # ------------------------------------------------------------------------------------------ variants
 
 
-def load_scan(shared: Path, scan: RealScan) -> tuple[sitk.Image, sitk.Image]:
-    path = shared / scan.image
-    image = read_image(sorted(path.iterdir()) if path.is_dir() else [path])
-    labels = sitk.Resample(sitk.ReadImage(str(shared / scan.labels)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
+def load_scan(scan: RealScan) -> tuple[sitk.Image, sitk.Image]:
+    image = read_image(sorted(scan.image.iterdir()) if scan.image.is_dir() else [scan.image])
+    labels = sitk.Resample(sitk.ReadImage(str(scan.labels)), image, sitk.Transform(), sitk.sitkNearestNeighbor)
     return image, labels
 
 
@@ -186,18 +220,23 @@ def as_uploaded(image: sitk.Image, tmp: Path) -> sitk.Image:
 
 
 def real_cases(
-    shared: Path = SHARED_DATA, variants: Iterable[Variant] = ISSUE_VARIANTS, patients: Iterable[str] | None = None
+    shared: Path = SHARED_DATA,
+    variants: Iterable[Variant] = ISSUE_VARIANTS,
+    patients: Iterable[str] | None = None,
+    scans: Iterable[RealScan] | None = None,
 ) -> Iterator[Case]:
-    """Every real scan in `shared` (none when absent) as each variant, decoded as the server decodes it."""
+    """Every real scan in `shared` (none when absent), or `scans`, as each variant, decoded as the server
+    decodes it."""
     wanted = set(patients) if patients else None
     with tempfile.TemporaryDirectory() as tmp:
-        for scan in REAL_SCANS:
-            if not (shared / scan.image).exists() or (wanted and scan.patient not in wanted):
+        for scan in shared_scans(shared) if scans is None else scans:
+            if wanted and scan.patient not in wanted:
                 continue
-            image, labels = load_scan(shared, scan)
+            image, labels = load_scan(scan)
             for variant in variants:
                 variant_image, variant_labels = make_variant(image, labels, variant)
-                yield Case(scan.patient, variant, as_uploaded(variant_image, Path(tmp)), to_array(variant_labels))
+                upload = as_uploaded(variant_image, Path(tmp))
+                yield Case(scan.patient, variant, upload, to_array(variant_labels), scan.organs)
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -329,7 +368,13 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | None) -> str:
+SHARED_TRUTH = (
+    "TotalSegmentator masks of the two patients in `../shared/data` (`example_ct`: 3 mm, 122×101×112;"
+    " `dicom`: the DICOM series, 0.98×0.98×2 mm, 512×512×20)"
+)
+
+
+def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | None, truth: str = SHARED_TRUTH) -> str:
     real = [r for r in rows if r.source != "phantom"]
     variants = sorted({r.variant for r in real}, key=list(Variant).index)
     objects = list(dict.fromkeys((r.source, r.organ) for r in real))
@@ -338,8 +383,7 @@ def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | N
         "",
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
         f"{os.cpu_count()} cores, CPU only; command: `{command}`",
-        "- truth: TotalSegmentator masks of the two patients in `../shared/data` (`example_ct`: 3 mm, 122×101×112;"
-        " `dicom`: the DICOM series, 0.98×0.98×2 mm, 512×512×20); organs ≥ 50 mL in the scan",
+        f"- truth: {truth}; organs ≥ {MIN_ORGAN_ML:g} mL in the scan",
         "- simulated user: extreme points = the central-most voxel of each of the mask's six extreme faces; "
         f"deepgrow = one click at the organ's deepest voxel, then {CLICKS - 1} clicks each at the deepest voxel"
         " of the larger error region (missed → foreground, leaked → background)",
@@ -455,7 +499,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="scans as they are, no variants; one phantom")
     parser.add_argument("--phantoms", type=int, default=6)
     parser.add_argument("--shared-data", type=Path, default=SHARED_DATA)
-    parser.add_argument("--patients", nargs="*", help="only these patients (example_ct, dicom)")
+    parser.add_argument(
+        "--studies", type=Path, help="evaluate the subjects of this datastore (`aiaa import-totalseg`; prints only)"
+    )
+    parser.add_argument("--patients", nargs="*", help="only these patients (example_ct, dicom; subjects of --studies)")
     parser.add_argument("--weights-dir", type=Path, help="weights <name>.pt to use instead of the app's model/")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="only these (prints only)")
     parser.add_argument(
@@ -468,6 +515,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/accuracy.*")
     args = parser.parse_args()
     rows: list[Row] = []
+    scans = datastore_scans(args.studies) if args.studies else None
     command = " ".join(["bench/accuracy.py", *sys.argv[1:]])
     if args.merge:
         runs = [json.loads(path.read_text()) for path in args.merge]
@@ -478,16 +526,19 @@ def main() -> None:
         variants = (Variant.ORIGINAL,) if args.quick else tuple(args.variants or ISSUE_VARIANTS)
         for name, image, truth in phantom_cases(1 if args.quick else args.phantoms):
             rows += evaluate_case(models, image, {"spleen": truth}, source="phantom", variant=name)
-        for case in real_cases(args.shared_data, variants, args.patients):
+        for case in real_cases(args.shared_data, variants, args.patients, scans):
             rows += evaluate_case(models, case.image, case.organs(), source=case.patient, variant=case.variant)
     if args.json:
         args.json.write_text(json.dumps({"command": command, "rows": [asdict(r) for r in rows]}, default=_round))
     baseline = None
     if args.compare:
         baseline = summary([Row(**r) for r in json.loads(args.compare.read_text())["rows"]])
-    report = markdown(rows, f".venv/bin/python {command}", args.note, baseline)
+    truth = SHARED_TRUTH
+    if args.studies:
+        truth = f"label maps of the datastore `{args.studies}` (`aiaa import-totalseg`), {len(scans)} subjects"
+    report = markdown(rows, f".venv/bin/python {command}", args.note, baseline, truth)
     print(report)
-    if not args.no_write and set(args.models) == set(MODELS) and not args.variants:
+    if not args.no_write and set(args.models) == set(MODELS) and not args.variants and not args.studies:
         (RESULTS / "accuracy.md").write_text(report)
         plot(rows, RESULTS / "accuracy.png", f"Real CT, {datetime.date.today()}: Dice per organ and variant")
 
