@@ -282,12 +282,18 @@ class Row:
     extreme_points: float | None = None
     deepgrow: list[float] = field(default_factory=list)
     click_seconds: list[float] = field(default_factory=list)
+    cut: bool = False  # the organ reaches the scan's edge: part of it lies outside the scan
+
+
+def reaches_edge(mask: np.ndarray) -> bool:
+    """Whether the mask touches a face of its array: the scan holds only part of that organ."""
+    return any(np.take(mask, index, axis).any() for axis in range(mask.ndim) for index in (0, -1))
 
 
 def evaluate_case(models: dict[str, ServedModel], image: sitk.Image, organs: dict[str, np.ndarray], **row) -> list[Row]:
     rows = []
     for organ, truth in organs.items():
-        r = Row(organ=organ, **row)
+        r = Row(organ=organ, cut=reaches_edge(truth), **row)
         if organ == "spleen" and "segmentation_spleen" in models:
             r.segmentation = evaluate_segmentation(models["segmentation_spleen"], image, truth)
         if "extreme_points" in models:
@@ -400,6 +406,12 @@ def markdown(rows: list[Row], command: str, notes: list[str], baseline: dict | N
         if baseline and key in baseline:
             cells = [fmt(baseline[key].get(v)) for v in [*variants, "all"]]
             lines.append(f"| *baseline* {title} | | " + " | ".join(cells) + " |")
+    for cut, which in ((False, "held whole by the scan"), (True, "cut by the scan's edge")):
+        part = [r for r in real if r.cut == cut]
+        if part and any(r.cut for r in real):
+            names = ", ".join(f"{src} {org}" for src, org in dict.fromkeys((r.source, r.organ) for r in part))
+            means_part = ", ".join(f"{key} {fmt(mean(metric(r, key) for r in part))}" for key in scored)
+            lines += ["", f"Organs {which} ({len(part)} rows: {names}): {means_part}."]
     for key, title in scored.items():
         lines += ["", f"## {title}", "", "| patient | organ | " + " | ".join(variants) + " |"]
         lines.append("|---|---|" + "---|" * len(variants))

@@ -87,3 +87,21 @@ def test_shared_scans_are_the_two_patients():
         assert set(scans) == {"example_ct", "dicom"}
         assert scans["dicom"].image.is_dir() and scans["example_ct"].organs[5] == "liver"
     assert shared_scans(Path("/nonexistent")) == []
+
+
+def test_report_separates_organs_the_scan_cuts():
+    from bench.accuracy import Row, markdown, reaches_edge
+
+    inside = np.zeros((6, 6, 6), bool)
+    inside[1:5, 1:5, 1:5] = True
+    cut = inside.copy()
+    cut[2, 2, 5] = True  # reaches the last slice
+    assert not reaches_edge(inside) and reaches_edge(cut)
+    rows = [
+        Row("p1", "original", "kidney_left", extreme_points=0.9, deepgrow=[0.5, 0.7], cut=False),
+        Row("p1", "original", "liver", extreme_points=0.7, deepgrow=[0.8, 0.9], cut=True),
+    ]
+    report = markdown(rows, "cmd", [], None)
+    assert "Organs held whole by the scan (1 rows: p1 kidney_left): extreme_points 0.900, deepgrow_1 0.500" in report
+    assert "Organs cut by the scan's edge (1 rows: p1 liver): extreme_points 0.700, deepgrow_1 0.800" in report
+    assert "held whole" not in markdown(rows[:1], "cmd", [], None)  # nothing to separate
