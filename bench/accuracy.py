@@ -49,6 +49,7 @@ APP = REPO / "apps" / "spleen"
 from aiaa_core.evaluation import centre_click, dice, extreme_points, next_click  # noqa: E402
 from aiaa_core.phantoms import LABELS, make_phantom  # noqa: E402
 from aiaa_core.volumes import to_array  # noqa: E402
+from server.app_loader import import_app_module  # noqa: E402
 from server.image_reading import read_image  # noqa: E402
 from server.inference import run_model  # noqa: E402
 from server.registry import ServedModel, app_model  # noqa: E402
@@ -85,26 +86,20 @@ def shared_scans(shared: Path) -> list[RealScan]:
     return [scan for scan in scans if scan.image.exists()]
 
 
-DATASTORE_LABELS = "totalseg_labels.json"  # structure name -> label value, written by `aiaa import-totalseg`
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-
-
 def datastore_scans(datastore: Path) -> list[RealScan]:
     """Every labelled subject of a datastore written by `aiaa import-totalseg` (many patients, e.g. the
     TotalSegmentator dataset's test split: `--split test`), its large organs found by structure name."""
-    names = datastore / DATASTORE_LABELS
+    importer = import_app_module(APP, "lib.trainers.totalseg_import")  # its file names and layout
+    names = datastore / importer.LABELS_FILE
     if not names.is_file():
         raise SystemExit(f"{names} is missing: write the datastore with `aiaa import-totalseg SOURCE {datastore}`")
     values = json.loads(names.read_text())["labels"]
     organs = {int(values[name]): name for name in LARGE_ORGANS.values() if name in values}
     scans = []
-    for label in sorted((datastore / "labels" / "final").glob("*")):
-        suffix = next((s for s in IMAGE_SUFFIXES if label.name.endswith(s)), None)
-        subject = label.name.removesuffix(suffix) if suffix else None
-        images = [datastore / f"{subject}{s}" for s in IMAGE_SUFFIXES] if subject else []
-        image = next((path for path in images if path.is_file()), None)
-        if image is not None:
-            scans.append(RealScan(subject, image, label, organs))
+    for label in sorted((datastore / "labels" / "final").glob(f"*{importer.SUFFIX}")):
+        image = datastore / label.name
+        if image.is_file():
+            scans.append(RealScan(label.name.removesuffix(importer.SUFFIX), image, label, organs))
     if not scans:
         raise SystemExit(f"no subject of {datastore} has both an image and labels/final/<subject>")
     return scans
